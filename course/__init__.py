@@ -1,0 +1,94 @@
+"""Minicourse: a self-hosted email mini-course.
+
+``create_app`` is the only way an app comes to be; importing this package builds nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import event
+
+from . import config as config_module
+from .config import ROOT, ConfigError
+from .lessons import CourseError
+
+__all__ = ["create_app", "ConfigError", "CourseError"]
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: defaults, then the environment (and ``.env``), then ``config``."""
+    app = Flask(
+        __name__,
+        template_folder=str(ROOT / "templates"),
+        static_folder=str(ROOT / "static"),
+        instance_path=os.environ.get("MINICOURSE_INSTANCE") or str(ROOT / "instance"),
+    )
+    overrides = dict(config or {})
+    if not overrides.get("TESTING"):
+        from dotenv import load_dotenv
+
+        load_dotenv(ROOT / ".env", override=False)
+    env = dict(os.environ)
+    env.update({k: str(v) for k, v in overrides.pop("ENV", {}).items()})
+    app.config.update(config_module.load(env, Path(app.instance_path)))
+    app.config.update(overrides)
+
+    _configure_logging(app)
+    _init_extensions(app)
+    from . import content, security
+
+    content.init_app(app)
+    security.init_app(app)
+    _register_blueprints(app)
+    from .cli import register_cli
+
+    register_cli(app)
+    return app
+
+
+def _configure_logging(app: Flask) -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _init_extensions(app: Flask) -> None:
+    from . import models  # noqa: F401  (registers the tables on the metadata)
+    from .extensions import csrf, db, limiter, login_manager, migrate
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(ROOT / "migrations"))
+    csrf.init_app(app)
+    limiter.init_app(app)
+    login_manager.init_app(app)
+    login_manager.login_view = "admin.login"
+    login_manager.session_protection = "strong"
+    with app.app_context():
+        if db.engine.dialect.name == "sqlite":
+            event.listen(db.engine, "connect", _sqlite_pragmas)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    """WAL and foreign keys for SQLite, so the web and the worker can share the file."""
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+
+def _register_blueprints(app: Flask) -> None:
+    from .admin import bp as admin_bp
+    from .public import bp as public_bp
+    from .tracking import bp as tracking_bp
+
+    app.register_blueprint(public_bp)
+    app.register_blueprint(tracking_bp)
+    app.register_blueprint(admin_bp, url_prefix="/admin")

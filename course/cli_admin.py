@@ -1,0 +1,3 @@
+import click
+
+admin_cli = click.Group("admin")

@@ -1,0 +1,149 @@
+"""Configuration from environment variables, with defaults that work for a newcomer.
+
+Read once, inside ``create_app``; nothing here touches ``os.environ`` at import time.
+Production (``MINICOURSE_ENV=production``) refuses to start on missing or unsafe
+settings with one line that says what to set.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MAIL_BACKENDS = ("outbox", "sendgrid", "smtp", "memory")
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or wrong; the message is one line telling what to set."""
+
+
+def _bool(value: str | None, default: bool = False) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+
+
+def normalise_database_url(url: str) -> str:
+    """Use psycopg 3 for PostgreSQL whatever spelling the URL came in."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def limiter_storage_for(redis_url: str) -> str:
+    """Flask-Limiter's storage URI for the same Redis the queue uses."""
+    if redis_url.startswith("unix://"):
+        return "redis+unix://" + redis_url[len("unix://") :]
+    return redis_url
+
+
+def _dev_secret_key(instance_path: Path) -> str:
+    """A random key kept in the instance folder, so sessions survive restarts in development."""
+    path = instance_path / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    instance_path.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    return key
+
+
+def load(env: Mapping[str, str], instance_path: Path) -> dict[str, Any]:
+    """Build the Flask config mapping from an environment mapping."""
+    app_env = env.get("MINICOURSE_ENV", "development").strip().lower()
+    if app_env not in {"development", "production"}:
+        raise ConfigError(f"MINICOURSE_ENV={app_env!r}: use 'development' or 'production'")
+    production = app_env == "production"
+
+    cfg: dict[str, Any] = {
+        "MINICOURSE_ENV": app_env,
+        "SECRET_KEY": env.get("SECRET_KEY", ""),
+        "SQLALCHEMY_DATABASE_URI": normalise_database_url(
+            env.get("DATABASE_URL") or f"sqlite:///{instance_path / 'minicourse.db'}"
+        ),
+        "REDIS_URL": env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
+        "BASE_URL": (env.get("BASE_URL") or "http://127.0.0.1:5000").rstrip("/"),
+        "MAIL_BACKEND": (env.get("MAIL_BACKEND") or "outbox").strip().lower(),
+        "MAIL_FROM": env.get("MAIL_FROM") or "course@example.com",
+        "MAIL_REPLY_TO": env.get("MAIL_REPLY_TO") or "",
+        "OUTBOX_DIR": env.get("OUTBOX_DIR") or str(instance_path / "outbox"),
+        "SENDGRID_API_KEY": env.get("SENDGRID_API_KEY", ""),
+        "SENDGRID_API_HOST": env.get("SENDGRID_API_HOST") or "https://api.sendgrid.com",
+        "SMTP_HOST": env.get("SMTP_HOST", ""),
+        "SMTP_PORT": _int(env, "SMTP_PORT", 587),
+        "SMTP_USERNAME": env.get("SMTP_USERNAME", ""),
+        "SMTP_PASSWORD": env.get("SMTP_PASSWORD", ""),
+        "SMTP_STARTTLS": _bool(env.get("SMTP_STARTTLS"), default=True),
+        "LESSONS_DIR": env.get("LESSONS_DIR") or str(ROOT / "lessons"),
+        "EMAIL_CHECK_DELIVERABILITY": _bool(env.get("EMAIL_CHECK_DELIVERABILITY")),
+        "CONFIRM_MAX_AGE": _int(env, "CONFIRM_MAX_AGE", 72 * 3600),
+        "SIGNUP_RATE_LIMIT": env.get("SIGNUP_RATE_LIMIT") or "10 per hour",
+        "LOGIN_RATE_LIMIT": env.get("LOGIN_RATE_LIMIT") or "10 per 15 minutes",
+        "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI") or "",
+        "RATELIMIT_ENABLED": _bool(env.get("RATELIMIT_ENABLED"), default=True),
+        "RATELIMIT_HEADERS_ENABLED": True,
+        "QUEUE_PREFIX": env.get("QUEUE_PREFIX") or "minicourse",
+        "SEND_MAX_ATTEMPTS": _int(env, "SEND_MAX_ATTEMPTS", 5),
+        "REQUEUE_AFTER_SECONDS": _int(env, "REQUEUE_AFTER_SECONDS", 300),
+        "ADMIN_PAGE_SIZE": _int(env, "ADMIN_PAGE_SIZE", 50),
+        "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 64 * 1024),
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "PERMANENT_SESSION_LIFETIME": _int(env, "ADMIN_SESSION_SECONDS", 8 * 3600),
+        "WTF_CSRF_TIME_LIMIT": None,
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+    }
+    cfg["SESSION_COOKIE_SECURE"] = cfg["BASE_URL"].startswith("https://")
+    cfg["REMEMBER_COOKIE_SECURE"] = cfg["SESSION_COOKIE_SECURE"]
+    if not cfg["RATELIMIT_STORAGE_URI"]:
+        cfg["RATELIMIT_STORAGE_URI"] = limiter_storage_for(cfg["REDIS_URL"])
+
+    if cfg["MAIL_BACKEND"] not in MAIL_BACKENDS:
+        raise ConfigError(
+            f"MAIL_BACKEND={cfg['MAIL_BACKEND']!r}: use one of {', '.join(MAIL_BACKENDS)}"
+        )
+    if production:
+        check_production(cfg)
+    elif not cfg["SECRET_KEY"]:
+        cfg["SECRET_KEY"] = _dev_secret_key(instance_path)
+    return cfg
+
+
+def check_production(cfg: Mapping[str, Any]) -> None:
+    """Refuse settings that are fine on a laptop and wrong on the internet."""
+    if len(cfg["SECRET_KEY"]) < 32:
+        raise ConfigError(
+            "SECRET_KEY is not set (or shorter than 32 characters): set it to the output of "
+            "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+        )
+    if not cfg["BASE_URL"].startswith("https://"):
+        raise ConfigError(
+            "BASE_URL must be the public https:// address of the site in production "
+            "(List-Unsubscribe links must be HTTPS)"
+        )
+    if cfg["MAIL_BACKEND"] == "sendgrid" and not cfg["SENDGRID_API_KEY"]:
+        raise ConfigError("MAIL_BACKEND=sendgrid but SENDGRID_API_KEY is not set")
+    if cfg["MAIL_BACKEND"] == "smtp" and not cfg["SMTP_HOST"]:
+        raise ConfigError("MAIL_BACKEND=smtp but SMTP_HOST is not set")
+    if cfg["MAIL_BACKEND"] == "memory":
+        raise ConfigError("MAIL_BACKEND=memory keeps mail in memory and sends nothing: use sendgrid or smtp")
+    if cfg["MAIL_FROM"].endswith("@example.com"):
+        raise ConfigError("MAIL_FROM is not set: set it to the address lessons are sent from")

@@ -1,0 +1,287 @@
+"""The sending pipeline: the tick turns due subscribers into deliveries, workers send them.
+
+Invariant 1 lives here: a delivery row is unique per (subscriber, lesson), and a worker
+*claims* it with a conditional update (queued -> sending) before sending, so duplicate
+jobs, overlapping ticks or several workers can never send the same lesson twice.
+Invariant 2 too: the database is the truth; the tick re-enqueues queued deliveries that
+Redis lost, and a delivery left "sending" by a crash waits for a person.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import and_, or_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from . import queue
+from .content import current_course
+from .extensions import db
+from .mail import Recipient, TransientError, get_backend
+from .models import Delivery, DeliveryStatus, Status, Subscriber
+from .render import confirmation_email, recipient_for, render_lesson
+from .schedule import next_send_time
+from .timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+TICK_CHUNK = 500
+BATCH_SIZE = 500
+
+Enqueuer = Callable[[list[int]], None]
+
+
+@dataclass
+class TickResult:
+    created: int = 0
+    finished: int = 0
+    enqueued: int = 0
+    batches: list[list[int]] = field(default_factory=list)
+
+
+def _is_postgres() -> bool:
+    return db.engine.dialect.name == "postgresql"
+
+
+def _insert(model: type[db.Model]):  # type: ignore[name-defined]
+    return pg_insert(model) if _is_postgres() else sqlite_insert(model)
+
+
+def enqueue_send(ids: list[int]) -> None:
+    queue.enqueue("workers.tasks.send_deliveries", ids)
+
+
+def tick(now: datetime | None = None, *, enqueue: Enqueuer | None = None,
+         subscriber_ids: Sequence[int] | None = None) -> TickResult:
+    """Create deliveries for due subscribers, then enqueue every queued delivery not in flight.
+
+    ``subscriber_ids`` limits the tick to those subscribers (the rehearsal uses it), and
+    ``enqueue`` replaces the RQ enqueue (the rehearsal sends in-process).
+    """
+    now = now or utcnow()
+    result = TickResult()
+    _create_due_deliveries(now, result, subscriber_ids)
+    _enqueue_queued(now, result, enqueue or enqueue_send, subscriber_ids)
+    if result.created or result.enqueued or result.finished:
+        log.info("tick: %d new deliveries, %d enqueued in %d batches, %d finished",
+                 result.created, result.enqueued, len(result.batches), result.finished)
+    return result
+
+
+def _create_due_deliveries(now: datetime, result: TickResult,
+                           subscriber_ids: Sequence[int] | None) -> None:
+    course = current_course()
+    while True:
+        stmt = (
+            db.select(Subscriber)
+            .where(Subscriber.status == Status.ACTIVE, Subscriber.next_send_at <= now)
+            .order_by(Subscriber.next_send_at, Subscriber.id)
+            .limit(TICK_CHUNK)
+        )
+        if subscriber_ids is not None:
+            stmt = stmt.where(Subscriber.id.in_(list(subscriber_ids)))
+        if _is_postgres():
+            # Several ticks (on several hosts) never take the same rows.
+            stmt = stmt.with_for_update(skip_locked=True, of=Subscriber)
+        subscribers = db.session.scalars(stmt).all()
+        if not subscribers:
+            db.session.commit()
+            return
+        rows = []
+        for sub in subscribers:
+            lesson = course.lesson_at(sub.next_position)
+            if lesson is None:
+                sub.status = Status.FINISHED
+                sub.finished_at = now
+                sub.next_send_at = None
+                result.finished += 1
+                continue
+            rows.append(dict(subscriber_id=sub.id, lesson_slug=lesson.slug,
+                             position=lesson.position, content_hash=lesson.content_hash,
+                             status=DeliveryStatus.QUEUED, scheduled_at=sub.next_send_at,
+                             created_at=now, attempts=0, error="", provider_message_id="",
+                             open_count=0, click_count=0))
+            sub.next_send_at = None
+        if rows:
+            stmt_ins = _insert(Delivery).values(rows).on_conflict_do_nothing(
+                index_elements=["subscriber_id", "lesson_slug"]
+            )
+            result.created += db.session.execute(stmt_ins).rowcount or 0
+        db.session.commit()
+
+
+def _enqueue_queued(now: datetime, result: TickResult, enqueue: Enqueuer,
+                    subscriber_ids: Sequence[int] | None) -> None:
+    cutoff = now - timedelta(seconds=current_app.config["REQUEUE_AFTER_SECONDS"])
+    not_in_flight = or_(Delivery.enqueued_at.is_(None), Delivery.enqueued_at < cutoff)
+    stmt = db.select(Delivery.id, Delivery.lesson_slug).where(
+        Delivery.status == DeliveryStatus.QUEUED, not_in_flight
+    ).order_by(Delivery.id)
+    if subscriber_ids is not None:
+        stmt = stmt.where(Delivery.subscriber_id.in_(list(subscriber_ids)))
+    by_lesson: dict[str, list[int]] = defaultdict(list)
+    for delivery_id, slug in db.session.execute(stmt):
+        by_lesson[slug].append(delivery_id)
+    for ids in by_lesson.values():
+        for start in range(0, len(ids), BATCH_SIZE):
+            chunk = ids[start : start + BATCH_SIZE]
+            # Mark first, conditionally: a concurrent tick that marked them already wins.
+            taken = db.session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(chunk), Delivery.status == DeliveryStatus.QUEUED,
+                       not_in_flight)
+                .values(enqueued_at=now)
+                .returning(Delivery.id)
+            ).scalars().all()
+            db.session.commit()
+            if not taken:
+                continue
+            taken = sorted(taken)
+            try:
+                enqueue(taken)
+            except Exception:
+                # Redis is down: unmark so the next tick tries again straight away.
+                db.session.execute(update(Delivery).where(Delivery.id.in_(taken))
+                                   .values(enqueued_at=None))
+                db.session.commit()
+                raise
+            result.enqueued += len(taken)
+            result.batches.append(taken)
+
+
+def claim(ids: Iterable[int], now: datetime) -> list[int]:
+    """Atomically move queued deliveries to ``sending``; only the winner gets each id."""
+    claimed = db.session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(list(ids)), Delivery.status == DeliveryStatus.QUEUED)
+        .values(status=DeliveryStatus.SENDING, claimed_at=now, attempts=Delivery.attempts + 1)
+        .returning(Delivery.id)
+    ).scalars().all()
+    db.session.commit()
+    return sorted(claimed)
+
+
+def send_deliveries(ids: Sequence[int], now: datetime | None = None) -> int:
+    """Claim and send a batch of deliveries (one lesson each). Returns how many were sent."""
+    now = now or utcnow()
+    claimed = claim(ids, now)
+    if not claimed:
+        return 0
+    course = current_course()
+    deliveries = db.session.scalars(
+        db.select(Delivery).where(Delivery.id.in_(claimed)).order_by(Delivery.id)
+    ).all()
+    groups: dict[str, list[Delivery]] = defaultdict(list)
+    for d in deliveries:
+        if d.subscriber.status != Status.ACTIVE:
+            d.status = DeliveryStatus.CANCELLED
+            d.error = f"subscriber is {d.subscriber.status}"
+            continue
+        groups[d.lesson_slug].append(d)
+    db.session.commit()
+    sent = 0
+    for slug, group in groups.items():
+        sent += _send_group(course, slug, group, now)
+    return sent
+
+
+def _send_group(course, slug: str, group: list[Delivery], now: datetime) -> int:  # type: ignore[no-untyped-def]
+    lesson = course.lesson_by_slug(slug)
+    if lesson is None:
+        for d in group:
+            d.status, d.error = DeliveryStatus.FAILED, f"lesson {slug!r} is no longer in the course"
+        db.session.commit()
+        return 0
+    rendered = render_lesson(course, lesson)
+    recipients: list[Recipient] = [
+        recipient_for(rendered, delivery_id=d.id, subscriber_id=d.subscriber_id,
+                      email=d.subscriber.email, name=d.subscriber.name)
+        for d in group
+    ]
+    backend = get_backend(current_app.config)
+    try:
+        results = backend.send_batch(rendered.template, recipients)
+    except TransientError as exc:
+        _requeue(group, str(exc), now)
+        raise
+    except Exception as exc:
+        # We cannot know whether the provider took the message: never resend blindly.
+        for d in group:
+            d.status, d.error = DeliveryStatus.UNKNOWN, f"{type(exc).__name__}: {exc}"
+        db.session.commit()
+        raise
+    sent = 0
+    for d, res in zip(group, results, strict=True):
+        d.content_hash = lesson.content_hash
+        if res.ok:
+            d.status, d.sent_at, d.provider_message_id = DeliveryStatus.SENT, now, res.message_id
+            d.error = ""
+            _advance(course, d.subscriber, d, now)
+            sent += 1
+        else:
+            d.status, d.error = DeliveryStatus.FAILED, res.error
+    db.session.commit()
+    return sent
+
+
+def _requeue(group: list[Delivery], error: str, now: datetime) -> None:
+    max_attempts = current_app.config["SEND_MAX_ATTEMPTS"]
+    for d in group:
+        d.error = error
+        d.status = DeliveryStatus.FAILED if d.attempts >= max_attempts else DeliveryStatus.QUEUED
+        d.enqueued_at = now
+    db.session.commit()
+
+
+def _advance(course, sub: Subscriber, delivery: Delivery, now: datetime) -> None:  # type: ignore[no-untyped-def]
+    """Move the subscriber past the lesson just sent, and work out when the next is due."""
+    if sub.next_position != delivery.position:
+        return  # an admin resend of an older lesson does not move anyone
+    sub.next_position = delivery.position + 1
+    if course.lesson_at(sub.next_position) is None:
+        sub.status, sub.finished_at, sub.next_send_at = Status.FINISHED, now, None
+        return
+    sub.next_send_at = next_send_time(
+        now, sub.timezone, cadence_days=course.cadence_days, send_hour=course.send_hour,
+        skip_weekends=course.skip_weekends,
+    )
+
+
+def cancel_pending(subscriber_id: int) -> int:
+    """Cancel deliveries not yet sent (on unsubscribe); a claimed one is already out."""
+    res = db.session.execute(
+        update(Delivery)
+        .where(Delivery.subscriber_id == subscriber_id, Delivery.status == DeliveryStatus.QUEUED)
+        .values(status=DeliveryStatus.CANCELLED, error="unsubscribed")
+    )
+    return res.rowcount or 0
+
+
+def send_confirmation(subscriber_id: int) -> bool:
+    """Send the double opt-in email, if the subscriber is still waiting for one."""
+    sub = db.session.get(Subscriber, subscriber_id)
+    if sub is None or sub.status != Status.PENDING:
+        return False
+    template, recipient = confirmation_email(
+        current_course(), subscriber_id=sub.id, email=sub.email, name=sub.name
+    )
+    results = get_backend(current_app.config).send_batch(template, [recipient])
+    if not results[0].ok:
+        log.warning("confirmation to subscriber %d failed: %s", sub.id, results[0].error)
+    return results[0].ok
+
+
+def stuck_sending(older_than: timedelta = timedelta(minutes=15)):  # type: ignore[no-untyped-def]
+    """Deliveries claimed but never finished (a crash mid-send): shown to the admin."""
+    cutoff = utcnow() - older_than
+    return db.session.scalars(
+        db.select(Delivery).where(
+            and_(Delivery.status == DeliveryStatus.SENDING, Delivery.claimed_at < cutoff)
+        )
+    ).all()

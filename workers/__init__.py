@@ -1,0 +1,1 @@
+"""RQ side of Minicourse: job functions, the app-aware worker and the cron config."""
