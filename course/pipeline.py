@@ -109,10 +109,13 @@ def _create_due_deliveries(now: datetime, result: TickResult,
                              open_count=0, click_count=0))
             sub.next_send_at = None
         if rows:
-            stmt_ins = _insert(Delivery).values(rows).on_conflict_do_nothing(
-                index_elements=["subscriber_id", "lesson_slug"]
+            stmt_ins = (
+                _insert(Delivery)
+                .values(rows)
+                .on_conflict_do_nothing(index_elements=["subscriber_id", "lesson_slug"])
+                .returning(Delivery.id)
             )
-            result.created += db.session.execute(stmt_ins).rowcount or 0
+            result.created += len(db.session.execute(stmt_ins).all())
         db.session.commit()
 
 

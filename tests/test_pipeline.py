@@ -1,0 +1,223 @@
+"""The tick and the workers: each lesson once, nothing lost, nothing resent blindly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from datetime import timedelta
+from email import message_from_bytes
+from pathlib import Path
+
+import pytest
+import time_machine
+from rq import Queue
+
+from course import pipeline
+from course.extensions import db
+from course.models import Delivery, DeliveryStatus, Status, Subscriber
+from course.queue import MAIL_QUEUE, redis_connection
+from course.timeutil import utcnow
+from tests.conftest import REDIS_URL, SECRET, run_jobs
+from tests.helpers import add_subscriber
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def deliveries(status: str | None = None) -> list[Delivery]:
+    stmt = db.select(Delivery).order_by(Delivery.id)
+    if status:
+        stmt = stmt.where(Delivery.status == status)
+    return list(db.session.scalars(stmt))
+
+
+def mail_jobs() -> list[list[int]]:
+    q = Queue(MAIL_QUEUE, connection=redis_connection())
+    return [job.args[0] for job in q.get_jobs()]
+
+
+def test_tick_turns_due_subscribers_into_one_batch_per_lesson(app):
+    with app.app_context():
+        due = [add_subscriber(f"due{i}@example.com") for i in range(3)]
+        add_subscriber("later@example.com", next_send_at=utcnow() + timedelta(hours=1))
+        add_subscriber("paused@example.com", status=Status.PAUSED, next_send_at=utcnow())
+        result = pipeline.tick()
+        assert result.created == 3
+        assert mail_jobs() == [sorted(d.id for d in deliveries())]
+        assert {d.subscriber_id for d in deliveries()} == {s.id for s in due}
+        assert all(d.status == DeliveryStatus.QUEUED and d.position == 1 for d in deliveries())
+        # The subscribers are now in flight: nothing more is due for them.
+        assert all(db.session.get(Subscriber, s.id).next_send_at is None for s in due)
+
+
+def test_a_second_tick_creates_and_enqueues_nothing_new(app):
+    with app.app_context():
+        for i in range(4):
+            add_subscriber(f"s{i}@example.com")
+        pipeline.tick()
+        second = pipeline.tick()
+        assert (second.created, second.enqueued) == (0, 0)
+        assert len(deliveries()) == 4
+        assert len(mail_jobs()) == 1
+
+
+def test_claim_gives_each_delivery_to_one_caller_only(app):
+    with app.app_context():
+        for i in range(3):
+            add_subscriber(f"c{i}@example.com")
+        pipeline.tick(enqueue=lambda ids: None)
+        ids = [d.id for d in deliveries()]
+        now = utcnow()
+        assert pipeline.claim(ids, now) == ids
+        assert pipeline.claim(ids, now) == []
+
+
+def test_the_same_job_run_twice_sends_once(app, outbox):
+    with app.app_context():
+        for i in range(5):
+            add_subscriber(f"twice{i}@example.com")
+        pipeline.tick()
+        ids = mail_jobs()[0]
+        pipeline.enqueue_send(ids)  # a duplicate of the same work
+    run_jobs(app)
+    assert sorted(m["To"].addresses[0].addr_spec for m in outbox) == sorted(
+        f"twice{i}@example.com" for i in range(5)
+    )
+
+
+def worker_env(app, outbox_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=app.config["SQLALCHEMY_DATABASE_URI"],
+        REDIS_URL=REDIS_URL,
+        SECRET_KEY=SECRET,
+        MAIL_BACKEND="outbox",
+        OUTBOX_DIR=str(outbox_dir),
+        BASE_URL="http://localhost",
+        MINICOURSE_INSTANCE=str(outbox_dir.parent / "instance"),
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+def start_workers(app, outbox_dir: Path, count: int) -> list[subprocess.Popen[bytes]]:
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "workers.worker", "--burst", "--name", f"test-w{i}-{os.getpid()}"],
+            cwd=ROOT, env=worker_env(app, outbox_dir),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        for i in range(count)
+    ]
+
+
+def recipients_in(outbox_dir: Path) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for path in outbox_dir.glob("*.eml"):
+        msg = message_from_bytes(path.read_bytes())
+        counts[f"{msg['To']}|{msg['Subject']}"] += 1
+    return counts
+
+
+@pytest.mark.slow
+def test_duplicate_ticks_and_jobs_on_two_worker_processes_send_each_lesson_once(app, tmp_path):
+    """Invariant 1, for real: two forking RQ workers race over duplicated work."""
+    outbox_dir = tmp_path / "outbox"
+    with app.app_context():
+        for i in range(40):
+            add_subscriber(f"race{i}@example.com")
+        pipeline.tick()
+        pipeline.tick()
+        ids = [d.id for d in deliveries()]
+        assert len(ids) == 40
+        # The same work enqueued several more times, in different shapes.
+        for _ in range(3):
+            pipeline.enqueue_send(ids)
+        pipeline.enqueue_send(ids[:20])
+        pipeline.enqueue_send(list(reversed(ids[10:])))
+    workers = start_workers(app, outbox_dir, 2)
+    for w in workers:
+        out, _ = w.communicate(timeout=120)
+        assert w.returncode == 0, out.decode()
+    counts = recipients_in(outbox_dir)
+    assert len(counts) == 40
+    assert set(counts.values()) == {1}
+    with app.app_context():
+        assert {d.status for d in deliveries()} == {DeliveryStatus.SENT}
+
+
+def test_redis_flushed_mid_flight_loses_nothing(app, outbox, redis_conn):
+    with app.app_context():
+        for i in range(3):
+            add_subscriber(f"flush{i}@example.com")
+        pipeline.tick()
+    redis_conn.flushdb()  # Redis restarts empty: the queued jobs are gone
+    run_jobs(app)
+    assert outbox == []
+    with app.app_context():
+        # Still in flight as far as the database knows: not re-enqueued straight away...
+        assert pipeline.tick().enqueued == 0
+        later = utcnow() + timedelta(seconds=app.config["REQUEUE_AFTER_SECONDS"] + 1)
+        # ...but once the in-flight window has passed, the tick rebuilds the work.
+        assert pipeline.tick(later).enqueued == 3
+    run_jobs(app)
+    assert len(outbox) == 3
+
+
+def test_a_delivery_stuck_sending_after_a_crash_is_shown_not_resent(app, outbox):
+    with app.app_context():
+        add_subscriber("stuck@example.com")
+        pipeline.tick(enqueue=lambda ids: None)
+        (delivery,) = deliveries()
+        delivery_id = delivery.id
+        pipeline.claim([delivery_id], utcnow())  # the worker died right after claiming
+        pipeline.enqueue_send([delivery_id])
+        later = utcnow() + timedelta(hours=1)
+        pipeline.tick(later)
+    run_jobs(app)
+    assert outbox == []
+    with time_machine.travel(utcnow() + timedelta(minutes=16)):
+        with app.app_context():
+            assert [d.id for d in pipeline.stuck_sending()] == [delivery_id]
+            assert deliveries()[0].status == DeliveryStatus.SENDING
+
+
+def test_provider_unreachable_requeues_then_fails_after_max_attempts(make_app, outbox):
+    app = make_app(MAIL_BACKEND="smtp", SMTP_HOST="127.0.0.1", SMTP_PORT=1, SEND_MAX_ATTEMPTS=2)
+    from course.mail import TransientError
+
+    with app.app_context():
+        add_subscriber("retry@example.com")
+        pipeline.tick(enqueue=lambda ids: None)
+        (delivery,) = deliveries()
+        with pytest.raises(TransientError):
+            pipeline.send_deliveries([delivery.id])
+        db.session.expire_all()
+        assert (delivery.status, delivery.attempts) == (DeliveryStatus.QUEUED, 1)
+        assert "cannot connect" in delivery.error
+        with pytest.raises(TransientError):
+            pipeline.send_deliveries([delivery.id])
+        db.session.expire_all()
+        assert (delivery.status, delivery.attempts) == (DeliveryStatus.FAILED, 2)
+
+
+def test_unsubscribed_before_the_worker_runs_gets_nothing(app, outbox):
+    from course.signup import unsubscribe
+
+    with app.app_context():
+        sub = add_subscriber("gone@example.com")
+        pipeline.tick()
+        unsubscribe(sub.id)
+        assert [d.status for d in deliveries()] == [DeliveryStatus.CANCELLED]
+    run_jobs(app)
+    assert outbox == []
+
+
+def test_after_the_last_lesson_the_subscriber_is_finished(app, outbox):
+    with app.app_context():
+        sub = add_subscriber("almost@example.com", next_position=10)
+        pipeline.tick(enqueue=lambda ids: pipeline.send_deliveries(ids))
+        db.session.refresh(sub)
+        assert (sub.status, sub.next_send_at, sub.next_position) == (Status.FINISHED, None, 11)
+    assert outbox[0]["Subject"].startswith("Day 10")
