@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from datetime import timedelta
@@ -64,14 +65,18 @@ def rehearse(email: str, days: int, tz: str | None, name: str) -> None:
     """
     from . import pipeline
     from .content import current_course
+    from .dbcheck import schema_problem
     from .extensions import db
     from .models import Status, Subscriber
     from .schedule import valid_timezone
     from .signup import normalise_email
     from .timeutil import utcnow
 
+    problem = schema_problem()
+    if problem:
+        raise click.ClickException(problem)
     course = current_course()
-    address = normalise_email(email, check_deliverability=False)
+    address = normalise_email(email, allow_test_domains=True)
     if address is None:
         raise click.BadParameter(f"{email!r} is not a valid email address", param_hint="EMAIL")
     zone = tz or course.default_timezone
@@ -97,6 +102,7 @@ def rehearse(email: str, days: int, tz: str | None, name: str) -> None:
     click.echo(f"Rehearsing {course.title!r} for {address} ({zone}) over {days} days; "
                f"mail goes to {where}")
     end = start + timedelta(days=days)
+    logging.getLogger("course.pipeline").setLevel(logging.WARNING)  # the lines below say it
     sent = 0
     while sub.next_send_at is not None and sub.next_send_at <= end:
         clock = sub.next_send_at
@@ -110,7 +116,8 @@ def rehearse(email: str, days: int, tz: str | None, name: str) -> None:
             if d.sent_at == clock:
                 sent += 1
                 local = clock.astimezone(ZoneInfo(zone))
-                click.echo(f"  day {(clock - start).days + 1:>3}  {local:%a %Y-%m-%d %H:%M %Z}  "
+                day = (local.date() - start.astimezone(ZoneInfo(zone)).date()).days + 1
+                click.echo(f"  day {day:>3}  {local:%a %Y-%m-%d %H:%M %Z}  "
                            f"lesson {d.position}: {course.lesson_at(d.position).subject}  "  # type: ignore[union-attr]
                            f"[{d.status}]")
         if sub.next_send_at == clock:

@@ -28,13 +28,18 @@ NAME_MAX = 100
 REJOINABLE = (Status.UNSUBSCRIBED, Status.BOUNCED, Status.COMPLAINED)
 
 
-def normalise_email(raw: str, *, check_deliverability: bool = False) -> str | None:
-    """The canonical form of an address (lower-cased), or None if it is not valid."""
+def normalise_email(raw: str, *, check_deliverability: bool = False,
+                    allow_test_domains: bool = False) -> str | None:
+    """The canonical form of an address (lower-cased), or None if it is not valid.
+
+    ``allow_test_domains`` accepts reserved names such as ``example.test`` (rehearsals).
+    """
     raw = (raw or "").strip()
     if not raw or len(raw) > 320 or any(c in raw for c in "\r\n\0"):
         return None
     try:
-        info = validate_email(raw, check_deliverability=check_deliverability)
+        info = validate_email(raw, check_deliverability=check_deliverability,
+                              test_environment=allow_test_domains)
     except EmailNotValidError:
         return None
     return info.normalized.lower()

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from course import ConfigError, CourseError, create_app
+    from course.dbcheck import schema_problem
     from course.queue import redis_connection
 
     try:
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minicourse worker: {exc}", file=sys.stderr)
         return 1
     with app.app_context():
+        problem = schema_problem()
+        if problem:
+            print(f"minicourse worker: {problem}", file=sys.stderr)
+            return 1
         conn = redis_connection()
     logging.getLogger("minicourse").info("worker using Redis at %s", app.config["REDIS_URL"])
     worker = FlaskWorker(list(QUEUES), connection=conn, app=app, name=args.name)
