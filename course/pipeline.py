@@ -116,7 +116,26 @@ def _create_due_deliveries(now: datetime, result: TickResult,
                 .returning(Delivery.id)
             )
             result.created += len(db.session.execute(stmt_ins).all())
+            _revive_cancelled(rows)
         db.session.commit()
+
+
+def _revive_cancelled(rows: list[dict[str, object]]) -> None:
+    """A lesson cancelled earlier (unsubscribed, paused) goes out when it is due again."""
+    wanted = {(r["subscriber_id"], r["lesson_slug"]) for r in rows}
+    cancelled = db.session.execute(
+        db.select(Delivery.id, Delivery.subscriber_id, Delivery.lesson_slug).where(
+            Delivery.subscriber_id.in_([r["subscriber_id"] for r in rows]),
+            Delivery.status == DeliveryStatus.CANCELLED,
+        )
+    ).all()
+    revive = [row.id for row in cancelled if (row.subscriber_id, row.lesson_slug) in wanted]
+    if revive:
+        db.session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(revive), Delivery.status == DeliveryStatus.CANCELLED)
+            .values(status=DeliveryStatus.QUEUED, enqueued_at=None, error="")
+        )
 
 
 def _enqueue_queued(now: datetime, result: TickResult, enqueue: Enqueuer,

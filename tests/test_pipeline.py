@@ -221,3 +221,21 @@ def test_after_the_last_lesson_the_subscriber_is_finished(app, outbox):
         db.session.refresh(sub)
         assert (sub.status, sub.next_send_at, sub.next_position) == (Status.FINISHED, None, 11)
     assert outbox[0]["Subject"].startswith("Day 10")
+
+
+def test_rejoining_after_an_unsubscribe_gets_the_cancelled_lesson(app, outbox):
+    from course.signup import Consent, confirm, signup, unsubscribe
+
+    with app.test_request_context():
+        sub = add_subscriber("back@example.com")
+        sub_id = sub.id
+        pipeline.tick(enqueue=lambda ids: None)
+        unsubscribe(sub_id)
+        assert [d.status for d in deliveries()] == [DeliveryStatus.CANCELLED]
+        assert signup("back@example.com", "", "UTC", Consent("127.0.0.1", "pytest")) is not None
+        confirm(sub_id)
+        pipeline.tick(enqueue=lambda ids: pipeline.send_deliveries(ids))
+        assert [(d.position, d.status) for d in deliveries()] == [(1, DeliveryStatus.SENT)]
+    assert [m["Subject"] for m in outbox if m["Subject"].startswith("Day")] == [
+        "Day 1: Why your biggest fans may hesitate"
+    ]
