@@ -40,6 +40,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(config_module.load(env, Path(app.instance_path)))
     app.config.update(overrides)
 
+    if app.config["PROXY_COUNT"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = app.config["PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     _configure_logging(app)
     _init_extensions(app)
     from . import content, security

@@ -103,6 +103,9 @@ def load(env: Mapping[str, str], instance_path: Path) -> dict[str, Any]:
         "QUEUE_PREFIX": env.get("QUEUE_PREFIX") or "minicourse",
         "SEND_MAX_ATTEMPTS": _int(env, "SEND_MAX_ATTEMPTS", 5),
         "REQUEUE_AFTER_SECONDS": _int(env, "REQUEUE_AFTER_SECONDS", 300),
+        # How many reverse proxies (nginx, a load balancer) stand in front of the app and
+        # set X-Forwarded-For/-Proto: client IPs for rate limits and consent come from them.
+        "PROXY_COUNT": _int(env, "PROXY_COUNT", 0),
         "ADMIN_PAGE_SIZE": _int(env, "ADMIN_PAGE_SIZE", 50),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 64 * 1024),
         "SESSION_COOKIE_HTTPONLY": True,

@@ -1,0 +1,112 @@
+"""Signing the course owner in and out.
+
+One generic error for any failed login (so the form never tells whether an address has
+an account), a rate limit on POST, and a ``next`` redirect that can only stay in /admin.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from urllib.parse import unquote, urlsplit
+
+from flask import current_app, flash, redirect, render_template, request, session, url_for
+from flask_login import current_user, login_user, logout_user
+from flask_wtf import FlaskForm
+from werkzeug.security import check_password_hash, generate_password_hash
+from werkzeug.wrappers import Response
+from wtforms import EmailField, PasswordField
+from wtforms.validators import DataRequired, Length
+
+from ..extensions import db, limiter, login_manager
+from ..models import AdminUser
+from ..signup import normalise_email
+from ..timeutil import utcnow
+from . import bp
+
+LOGIN_FAILED = "Wrong email or password."
+PASSWORD_MAX = 1024
+# A path in the admin: no scheme, host, backslash, control character or dot segment.
+SAFE_NEXT_RE = re.compile(r"^/admin(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)*/?$")
+
+
+@login_manager.user_loader
+def load_user(user_id: str) -> AdminUser | None:
+    try:
+        return db.session.get(AdminUser, int(user_id))
+    except (TypeError, ValueError):
+        return None
+
+
+@cache
+def _dummy_hash() -> str:
+    """Checked against when the address is unknown, so both failures take as long."""
+    return generate_password_hash("not a real password, only here for timing")
+
+
+class LoginForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired(), Length(max=320)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=PASSWORD_MAX)])
+
+
+def safe_next(target: str | None) -> str | None:
+    """``target`` if it is a relative path inside /admin, else None (no open redirects)."""
+    if not target or len(target) > 2048:
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or parts.fragment:
+        return None
+    if not SAFE_NEXT_RE.match(parts.path) or "\\" in target:
+        return None
+    # Browsers treat %2e%2e as "..", so dot segments are looked for after decoding.
+    if any(segment in (".", "..") for segment in unquote(parts.path).split("/")):
+        return None
+    if any(ord(c) < 0x21 or c == "\x7f" for c in target):
+        return None
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def authenticate(email: str, password: str) -> AdminUser | None:
+    """The active admin with this email and password, or None (same cost either way)."""
+    address = normalise_email(email)
+    user = None
+    if address is not None:
+        user = db.session.scalar(db.select(AdminUser).where(AdminUser.email == address))
+    if user is None:
+        check_password_hash(_dummy_hash(), password)
+        return None
+    if not user.check_password(password) or not user.is_active:
+        return None
+    return user
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(lambda: current_app.config["LOGIN_RATE_LIMIT"], methods=["POST"])
+def login() -> str | Response:
+    next_url = safe_next(request.args.get("next"))
+    if current_user.is_authenticated:
+        return redirect(next_url or url_for("admin.subscribers"))
+    form = LoginForm()
+    error = None
+    if form.validate_on_submit():
+        user = authenticate(form.email.data or "", form.password.data or "")
+        if user is not None:
+            session.clear()  # nothing from before the login survives it
+            session.permanent = True
+            login_user(user)
+            user.last_login_at = utcnow()
+            db.session.commit()
+            return redirect(next_url or url_for("admin.subscribers"))
+        error = LOGIN_FAILED
+    elif form.is_submitted():
+        error = "Enter your email and password."
+    return render_template("admin/login.html", form=form, error=error, next_url=next_url)
+
+
+@bp.route("/logout", methods=["POST"])
+def logout() -> Response:
+    # CSRFProtect checks the token before this runs, so a cross-site POST cannot log out.
+    logout_user()
+    session.clear()
+    flash("You are signed out.")
+    return redirect(url_for("admin.login"))
