@@ -147,6 +147,8 @@ def check_production(cfg: Mapping[str, Any]) -> None:
     if cfg["MAIL_BACKEND"] == "smtp" and not cfg["SMTP_HOST"]:
         raise ConfigError("MAIL_BACKEND=smtp but SMTP_HOST is not set")
     if cfg["MAIL_BACKEND"] == "memory":
-        raise ConfigError("MAIL_BACKEND=memory keeps mail in memory and sends nothing: use sendgrid or smtp")
+        raise ConfigError(
+            "MAIL_BACKEND=memory keeps mail in memory and sends nothing: use sendgrid or smtp"
+        )
     if cfg["MAIL_FROM"].endswith("@example.com"):
         raise ConfigError("MAIL_FROM is not set: set it to the address lessons are sent from")

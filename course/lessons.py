@@ -282,7 +282,8 @@ def load_course(directory: str | Path) -> Course:
     for lesson in lessons:
         if lesson.slug in seen_slugs:
             problems.append(
-                f"{lesson.path}:1: slug {lesson.slug!r} is already used by {seen_slugs[lesson.slug]}"
+                f"{lesson.path}:1: slug {lesson.slug!r} is already used by "
+                f"{seen_slugs[lesson.slug]}"
             )
         seen_slugs.setdefault(lesson.slug, lesson.path)
         if lesson.position in seen_positions:

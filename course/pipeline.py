@@ -11,23 +11,24 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import and_, or_, update
+from sqlalchemy import or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import queue
 from .content import current_course
 from .extensions import db
-from .mail import Recipient, TransientError, get_backend
 from .models import Delivery, DeliveryStatus, Status, Subscriber
-from .render import confirmation_email, recipient_for, render_lesson
-from .schedule import next_send_time
+from .sending import claim, send_confirmation, send_deliveries, stuck_sending
 from .timeutil import utcnow
+
+__all__ = ["tick", "claim", "send_deliveries", "send_confirmation", "stuck_sending",
+           "cancel_pending", "enqueue_send", "TickResult"]
 
 log = logging.getLogger(__name__)
 
@@ -177,104 +178,6 @@ def _enqueue_queued(now: datetime, result: TickResult, enqueue: Enqueuer,
             result.batches.append(taken)
 
 
-def claim(ids: Iterable[int], now: datetime) -> list[int]:
-    """Atomically move queued deliveries to ``sending``; only the winner gets each id."""
-    claimed = db.session.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(list(ids)), Delivery.status == DeliveryStatus.QUEUED)
-        .values(status=DeliveryStatus.SENDING, claimed_at=now, attempts=Delivery.attempts + 1)
-        .returning(Delivery.id)
-    ).scalars().all()
-    db.session.commit()
-    return sorted(claimed)
-
-
-def send_deliveries(ids: Sequence[int], now: datetime | None = None) -> int:
-    """Claim and send a batch of deliveries (one lesson each). Returns how many were sent."""
-    now = now or utcnow()
-    claimed = claim(ids, now)
-    if not claimed:
-        return 0
-    course = current_course()
-    deliveries = db.session.scalars(
-        db.select(Delivery).where(Delivery.id.in_(claimed)).order_by(Delivery.id)
-    ).all()
-    groups: dict[str, list[Delivery]] = defaultdict(list)
-    for d in deliveries:
-        if d.subscriber.status != Status.ACTIVE:
-            d.status = DeliveryStatus.CANCELLED
-            d.error = f"subscriber is {d.subscriber.status}"
-            continue
-        groups[d.lesson_slug].append(d)
-    db.session.commit()
-    sent = 0
-    for slug, group in groups.items():
-        sent += _send_group(course, slug, group, now)
-    return sent
-
-
-def _send_group(course, slug: str, group: list[Delivery], now: datetime) -> int:  # type: ignore[no-untyped-def]
-    lesson = course.lesson_by_slug(slug)
-    if lesson is None:
-        for d in group:
-            d.status, d.error = DeliveryStatus.FAILED, f"lesson {slug!r} is no longer in the course"
-        db.session.commit()
-        return 0
-    rendered = render_lesson(course, lesson)
-    recipients: list[Recipient] = [
-        recipient_for(rendered, delivery_id=d.id, subscriber_id=d.subscriber_id,
-                      email=d.subscriber.email, name=d.subscriber.name)
-        for d in group
-    ]
-    backend = get_backend(current_app.config)
-    try:
-        results = backend.send_batch(rendered.template, recipients)
-    except TransientError as exc:
-        _requeue(group, str(exc), now)
-        raise
-    except Exception as exc:
-        # We cannot know whether the provider took the message: never resend blindly.
-        for d in group:
-            d.status, d.error = DeliveryStatus.UNKNOWN, f"{type(exc).__name__}: {exc}"
-        db.session.commit()
-        raise
-    sent = 0
-    for d, res in zip(group, results, strict=True):
-        d.content_hash = lesson.content_hash
-        if res.ok:
-            d.status, d.sent_at, d.provider_message_id = DeliveryStatus.SENT, now, res.message_id
-            d.error = ""
-            _advance(course, d.subscriber, d, now)
-            sent += 1
-        else:
-            d.status, d.error = DeliveryStatus.FAILED, res.error
-    db.session.commit()
-    return sent
-
-
-def _requeue(group: list[Delivery], error: str, now: datetime) -> None:
-    max_attempts = current_app.config["SEND_MAX_ATTEMPTS"]
-    for d in group:
-        d.error = error
-        d.status = DeliveryStatus.FAILED if d.attempts >= max_attempts else DeliveryStatus.QUEUED
-        d.enqueued_at = now
-    db.session.commit()
-
-
-def _advance(course, sub: Subscriber, delivery: Delivery, now: datetime) -> None:  # type: ignore[no-untyped-def]
-    """Move the subscriber past the lesson just sent, and work out when the next is due."""
-    if sub.next_position != delivery.position:
-        return  # an admin resend of an older lesson does not move anyone
-    sub.next_position = delivery.position + 1
-    if course.lesson_at(sub.next_position) is None:
-        sub.status, sub.finished_at, sub.next_send_at = Status.FINISHED, now, None
-        return
-    sub.next_send_at = next_send_time(
-        now, sub.timezone, cadence_days=course.cadence_days, send_hour=course.send_hour,
-        skip_weekends=course.skip_weekends,
-    )
-
-
 def cancel_pending(subscriber_id: int) -> int:
     """Cancel deliveries not yet sent (on unsubscribe); a claimed one is already out."""
     res = db.session.execute(
@@ -283,27 +186,3 @@ def cancel_pending(subscriber_id: int) -> int:
         .values(status=DeliveryStatus.CANCELLED, error="unsubscribed")
     )
     return res.rowcount or 0
-
-
-def send_confirmation(subscriber_id: int) -> bool:
-    """Send the double opt-in email, if the subscriber is still waiting for one."""
-    sub = db.session.get(Subscriber, subscriber_id)
-    if sub is None or sub.status != Status.PENDING:
-        return False
-    template, recipient = confirmation_email(
-        current_course(), subscriber_id=sub.id, email=sub.email, name=sub.name
-    )
-    results = get_backend(current_app.config).send_batch(template, [recipient])
-    if not results[0].ok:
-        log.warning("confirmation to subscriber %d failed: %s", sub.id, results[0].error)
-    return results[0].ok
-
-
-def stuck_sending(older_than: timedelta = timedelta(minutes=15)):  # type: ignore[no-untyped-def]
-    """Deliveries claimed but never finished (a crash mid-send): shown to the admin."""
-    cutoff = utcnow() - older_than
-    return db.session.scalars(
-        db.select(Delivery).where(
-            and_(Delivery.status == DeliveryStatus.SENDING, Delivery.claimed_at < cutoff)
-        )
-    ).all()

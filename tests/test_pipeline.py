@@ -137,10 +137,13 @@ def test_duplicate_ticks_and_jobs_on_two_worker_processes_send_each_lesson_once(
         pipeline.enqueue_send(ids[:20])
         pipeline.enqueue_send(list(reversed(ids[10:])))
     workers = start_workers(app, outbox_dir, 2)
+    logs = []
     for w in workers:
         out, _ = w.communicate(timeout=120)
-        assert w.returncode == 0, out.decode()
+        logs.append(out.decode())
+        assert w.returncode == 0, logs[-1]
     counts = recipients_in(outbox_dir)
+    print("\n".join(logs))
     assert len(counts) == 40
     assert set(counts.values()) == {1}
     with app.app_context():

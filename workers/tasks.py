@@ -15,7 +15,7 @@ def tick() -> dict[str, int]:
 
 
 def send_deliveries(delivery_ids: list[int]) -> int:
-    """Send one batch of deliveries; already-claimed ones are skipped, so duplicates are harmless."""
+    """Send one batch; deliveries already claimed are skipped, so duplicates are harmless."""
     return pipeline.send_deliveries(delivery_ids)
 
 

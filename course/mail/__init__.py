@@ -15,6 +15,13 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any, Protocol
 
+from .errors import AuthError, MailError, PermanentError, TransientError, UnknownOutcomeError
+
+__all__ = [
+    "AuthError", "MailError", "PermanentError", "TransientError", "UnknownOutcomeError",
+    "Recipient", "Result", "Template", "get_backend", "one_line", "personalize", "substitute",
+]
+
 PLACEHOLDER_RE = re.compile(r"%%[a-z0-9_]+%%")
 
 
@@ -45,10 +52,6 @@ class Result:
     ok: bool
     message_id: str = ""
     error: str = ""
-
-
-class TransientError(Exception):
-    """The whole batch can be retried later (network trouble, provider busy)."""
 
 
 class MailBackend(Protocol):

@@ -1,0 +1,98 @@
+"""Pipeline-wide sending state: the pause switch and the shared send rate.
+
+Both are shared by every worker on every host. The pause lives in the database (the
+source of truth, visible to the admin); the rate is a reservation clock in Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import update
+
+from .extensions import db
+from .models import AppState, Delivery, DeliveryStatus
+from .timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+PAUSE_KEY = "sending_paused"
+
+
+def paused() -> dict[str, Any] | None:
+    """Why sending is paused ({"reason", "since"}), or None while it runs."""
+    row = db.session.get(AppState, PAUSE_KEY)
+    if row is None:
+        return None
+    try:
+        data = json.loads(row.value)
+    except ValueError:
+        data = {"reason": row.value}
+    data.setdefault("since", row.updated_at.isoformat())
+    return data if isinstance(data, dict) else {"reason": str(data)}
+
+
+def pause(reason: str) -> None:
+    """Stop all sending until the provider accepts our credentials again."""
+    value = json.dumps({"reason": reason, "since": utcnow().isoformat()})
+    row = db.session.get(AppState, PAUSE_KEY)
+    if row is None:
+        db.session.add(AppState(key=PAUSE_KEY, value=value))
+    else:
+        row.value = value
+    db.session.commit()
+    log.error("SENDING PAUSED: %s. Fix the credentials (for SendGrid, SENDGRID_API_KEY); "
+              "sending resumes by itself once they work.", reason)
+
+
+def resume() -> int:
+    """Lift the pause; queued deliveries are enqueued by the next tick straight away."""
+    row = db.session.get(AppState, PAUSE_KEY)
+    if row is not None:
+        db.session.delete(row)
+    released = db.session.execute(
+        update(Delivery).where(Delivery.status == DeliveryStatus.QUEUED).values(enqueued_at=None)
+    ).rowcount or 0
+    db.session.commit()
+    log.warning("sending resumed; %d queued deliveries will be enqueued", released)
+    return released
+
+
+# KEYS[1]: the clock key. ARGV: count, rate (per second). Returns seconds to wait.
+# Each caller reserves ``count`` slots on a shared clock that advances 1/rate per message,
+# so all workers together never go faster than ``rate``, whatever their number.
+RESERVE_LUA = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local start = tonumber(redis.call('GET', KEYS[1]) or '0')
+if start < t then start = t end
+local finish = start + tonumber(ARGV[1]) / tonumber(ARGV[2])
+redis.call('SET', KEYS[1], string.format('%.6f', finish), 'EX', 3600)
+return string.format('%.6f', start - t)
+"""
+RATE_KEY = "minicourse:send-rate:clock"
+
+
+def reserve(count: int) -> float:
+    """Reserve ``count`` sends at the configured rate; returns how long to wait first."""
+    rate = float(current_app.config.get("SEND_RATE", 0) or 0)
+    if rate <= 0 or count <= 0:
+        return 0.0
+    from .queue import redis_connection
+
+    conn = redis_connection()
+    script = current_app.extensions.get("minicourse_reserve")
+    if script is None:
+        script = conn.register_script(RESERVE_LUA)
+        current_app.extensions["minicourse_reserve"] = script
+    return float(script(keys=[RATE_KEY], args=[count, rate]))
+
+
+def wait_for_rate(count: int) -> None:
+    wait = reserve(count)
+    if wait > 0:
+        time.sleep(wait)
