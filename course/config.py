@@ -38,6 +38,19 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name}={raw!r} is not a whole number") from None
 
 
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < 0:
+        raise ConfigError(f"{name}={raw!r} must not be negative")
+    return value
+
+
 def normalise_database_url(url: str) -> str:
     """Use psycopg 3 for PostgreSQL whatever spelling the URL came in."""
     for prefix in ("postgres://", "postgresql://"):
@@ -87,6 +100,11 @@ def load(env: Mapping[str, str], instance_path: Path) -> dict[str, Any]:
         "OUTBOX_DIR": env.get("OUTBOX_DIR") or str(instance_path / "outbox"),
         "SENDGRID_API_KEY": env.get("SENDGRID_API_KEY", ""),
         "SENDGRID_API_HOST": env.get("SENDGRID_API_HOST") or "https://api.sendgrid.com",
+        "SENDGRID_SANDBOX": _bool(env.get("SENDGRID_SANDBOX")),
+        "SENDGRID_TIMEOUT": _float(env, "SENDGRID_TIMEOUT", 10.0),
+        "SENDGRID_MAX_RETRIES": _int(env, "SENDGRID_MAX_RETRIES", 4),
+        # Messages per second across every worker on every host; 0 means no limit.
+        "SEND_RATE": _float(env, "SEND_RATE", 0.0),
         "SMTP_HOST": env.get("SMTP_HOST", ""),
         "SMTP_PORT": _int(env, "SMTP_PORT", 587),
         "SMTP_USERNAME": env.get("SMTP_USERNAME", ""),
@@ -100,7 +118,6 @@ def load(env: Mapping[str, str], instance_path: Path) -> dict[str, Any]:
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI") or "",
         "RATELIMIT_ENABLED": _bool(env.get("RATELIMIT_ENABLED"), default=True),
         "RATELIMIT_HEADERS_ENABLED": True,
-        "QUEUE_PREFIX": env.get("QUEUE_PREFIX") or "minicourse",
         "SEND_MAX_ATTEMPTS": _int(env, "SEND_MAX_ATTEMPTS", 5),
         "REQUEUE_AFTER_SECONDS": _int(env, "REQUEUE_AFTER_SECONDS", 300),
         # How many reverse proxies (nginx, a load balancer) stand in front of the app and

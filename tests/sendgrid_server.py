@@ -293,6 +293,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/_stats":
             self._json(200, self.server.sg.stats())
+        elif self.path.split("?")[0].rstrip("/") == "/v3/scopes":
+            # What a client calls to check its key without sending anything.
+            status = self._auth_status()
+            if status is None:
+                self._json(200, {"scopes": ["mail.send"]})
+            else:
+                self._json(status, _errors(DEFAULT_MESSAGES[status]))
         else:
             self._json(404, _errors("not found"))
 
@@ -356,15 +363,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _check(self, raw: bytes, too_large: bool
                ) -> tuple[int | None, dict[str, Any], dict[str, Any] | None]:
         """Auth, size and the v3 rules: (error status, error body, parsed request)."""
-        sg = self.server.sg
         if self.path.split("?")[0].rstrip("/") != "/v3/mail/send":
             return 404, _errors("not found"), None
-        auth = self.headers.get("Authorization", "")
-        key = auth[7:].strip() if auth.startswith("Bearer ") else ""
-        if key and key in sg.forbidden_keys:
-            return 403, _errors(DEFAULT_MESSAGES[403]), None
-        if not key or (sg.api_key is not None and key != sg.api_key):
-            return 401, _errors(DEFAULT_MESSAGES[401]), None
+        auth_status = self._auth_status()
+        if auth_status is not None:
+            return auth_status, _errors(DEFAULT_MESSAGES[auth_status]), None
         if too_large:
             return 413, _errors("The JSON payload you have included in your request is too "
                                 "large. Please limit your requests to 30MB."), None
@@ -376,6 +379,17 @@ class _Handler(BaseHTTPRequestHandler):
         if errors:
             return 400, {"errors": errors}, None
         return None, {}, body
+
+    def _auth_status(self) -> int | None:
+        """401 for a missing or wrong key, 403 for a forbidden one, None when it is good."""
+        sg = self.server.sg
+        auth = self.headers.get("Authorization", "")
+        key = auth[7:].strip() if auth.startswith("Bearer ") else ""
+        if key and key in sg.forbidden_keys:
+            return 403
+        if not key or (sg.api_key is not None and key != sg.api_key):
+            return 401
+        return None
 
     def _json(self, status: int, payload: dict[str, Any],
               headers: dict[str, str] | None = None) -> None:

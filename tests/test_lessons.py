@@ -93,7 +93,8 @@ def test_relative_link_is_reported_with_its_line(course_dir: Path):
     lines.append("See [our notes](/notes/today) for more.")
     path.write_text("\n".join(lines) + "\n")
     problems = problems_for(course_dir)
-    assert f"{path}:{len(lines)}: link '/notes/today' is not absolute (use a full https:// URL)" in problems
+    expected = f"{path}:{len(lines)}: link '/notes/today' is not absolute (use a full https:// URL)"
+    assert expected in problems
 
 
 def test_invalid_yaml_reports_the_line(course_dir: Path):
@@ -110,7 +111,7 @@ def test_bad_course_settings_are_reported(course_dir: Path):
     text = text.replace("default_timezone: UTC", "default_timezone: Mars/Olympus")
     course_file.write_text(text)
     problems = problems_for(course_dir)
-    line = next(i for i, l in enumerate(text.splitlines(), 1) if l.startswith("send_hour"))
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if t.startswith("send_hour"))
     assert f"{course_file}:{line}: send_hour must be 0 to 23" in problems
     assert any("unknown time zone 'Mars/Olympus'" in p for p in problems)
 

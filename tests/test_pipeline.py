@@ -104,7 +104,8 @@ def worker_env(app, outbox_dir: Path) -> dict[str, str]:
 def start_workers(app, outbox_dir: Path, count: int) -> list[subprocess.Popen[bytes]]:
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "workers.worker", "--burst", "--name", f"test-w{i}-{os.getpid()}"],
+            [sys.executable, "-m", "workers.worker", "--burst",
+             "--name", f"test-w{i}-{os.getpid()}"],
             cwd=ROOT, env=worker_env(app, outbox_dir),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )

@@ -117,5 +117,7 @@ def get_backend(config: dict[str, Any]) -> MailBackend:
             api_key=config["SENDGRID_API_KEY"],
             host=config["SENDGRID_API_HOST"],
             sandbox=bool(config.get("SENDGRID_SANDBOX", False)),
+            timeout=float(config.get("SENDGRID_TIMEOUT", 10.0)),
+            max_retries=int(config.get("SENDGRID_MAX_RETRIES", 4)),
         )
     raise ValueError(f"unknown MAIL_BACKEND {name!r}")

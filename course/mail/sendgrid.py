@@ -190,6 +190,18 @@ class SendGridBackend:
             log.warning("%s; retry %d/%d in %.2f s", reason, attempt, self.max_retries, wait)
             self.sleep(wait)
 
+    def check_credentials(self) -> bool:
+        """True when SendGrid accepts our key (``GET /v3/scopes``: sends nothing)."""
+        try:
+            self.client.client.scopes.get(timeout=self.timeout)
+        except HTTPError as exc:
+            if exc.status_code in (401, 403):
+                return False
+            raise TransientError(f"SendGrid answered {exc.status_code}") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise TransientError(f"cannot reach SendGrid: {exc}") from exc
+        return True
+
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter, so many workers do not retry in step."""
         return self.rng.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1)))

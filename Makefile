@@ -1,0 +1,61 @@
+# Everything a newcomer needs, in a private virtualenv (.venv) that make creates and keeps
+# up to date: it reinstalls only when pyproject.toml changes.
+#
+#   make run     migrate, create an admin, run web + worker + cron (Ctrl-C stops them)
+#   make test    start Redis and PostgreSQL if needed, then run the tests (PYTEST_ARGS=...)
+
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed-test
+INSTALLED_DEV := $(VENV)/.installed-dev
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+PORT ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint web worker cron clean
+
+help:
+	@echo "make run     run the whole system on http://127.0.0.1:$${PORT:-5000} (Ctrl-C stops it)"
+	@echo "make test    run the tests (starts Redis and PostgreSQL if needed; PYTEST_ARGS=...)"
+	@echo "make lint    ruff check"
+	@echo "make web | make worker | make cron    one process on its own"
+	@echo "make clean   delete .venv and instance/ (the local database, outbox and secret key)"
+
+$(BIN)/python:
+	@py="$$(bash scripts/find-python.sh)" && echo "Creating $(VENV) with $$py" \
+	  && "$$py" -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
+
+$(INSTALLED): pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[test]'
+	@touch $@
+
+$(INSTALLED_DEV): pyproject.toml $(INSTALLED)
+	$(PIP) install -e '.[dev]'
+	@touch $@
+
+run: $(INSTALLED)
+	$(BIN)/flask --app wsgi dev $(if $(PORT),--port $(PORT))
+
+test: $(INSTALLED)
+	@bash scripts/services.sh
+	@$(BIN)/python -m pytest $(PYTEST_ARGS) || { rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: pytest ran no tests, which counts as a failure" >&2; fi; \
+	  exit $$rc; }
+
+lint: $(INSTALLED_DEV)
+	$(BIN)/ruff check .
+
+web: $(INSTALLED)
+	$(BIN)/flask --app wsgi db upgrade
+	$(BIN)/flask --app wsgi run --host 127.0.0.1 --port $(or $(PORT),5000)
+
+worker: $(INSTALLED)
+	$(BIN)/python -m workers.worker
+
+cron: $(INSTALLED)
+	$(BIN)/rq cron workers/cron.py --url "$${REDIS_URL:-redis://127.0.0.1:6379/0}"
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache .ruff_cache .mypy_cache
