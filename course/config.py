@@ -120,6 +120,9 @@ def load(env: Mapping[str, str], instance_path: Path) -> dict[str, Any]:
         "RATELIMIT_HEADERS_ENABLED": True,
         "SEND_MAX_ATTEMPTS": _int(env, "SEND_MAX_ATTEMPTS", 5),
         "REQUEUE_AFTER_SECONDS": _int(env, "REQUEUE_AFTER_SECONDS", 300),
+        # Longer than a send job may run (RQ's job timeout is 600 s): past it, a delivery
+        # still "sending" was left by a worker that died, and becomes "unknown".
+        "SENDING_STALE_SECONDS": _int(env, "SENDING_STALE_SECONDS", 900),
         # How many reverse proxies (nginx, a load balancer) stand in front of the app and
         # set X-Forwarded-For/-Proto: client IPs for rate limits and consent come from them.
         "PROXY_COUNT": _int(env, "PROXY_COUNT", 0),

@@ -4,7 +4,8 @@ Invariant 1 lives here: a delivery row is unique per (subscriber, lesson), and a
 *claims* it with a conditional update (queued -> sending) before sending, so duplicate
 jobs, overlapping ticks or several workers can never send the same lesson twice.
 Invariant 2 too: the database is the truth; the tick re-enqueues queued deliveries that
-Redis lost, and a delivery left "sending" by a crash waits for a person.
+Redis lost, and marks ``unknown`` (for a person to decide, never resent blindly) what a
+crashed worker left ``sending``.
 """
 
 from __future__ import annotations
@@ -14,26 +15,35 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from flask import current_app
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from . import queue
+from . import queue, sendstate
 from .content import current_course
 from .extensions import db
 from .models import Delivery, DeliveryStatus, Status, Subscriber
-from .sending import claim, send_confirmation, send_deliveries, stuck_sending
+from .sending import (
+    claim,
+    resend,
+    send_confirmation,
+    send_deliveries,
+    stuck_sending,
+    sweep_stale_sending,
+)
 from .timeutil import utcnow
 
 __all__ = ["tick", "claim", "send_deliveries", "send_confirmation", "stuck_sending",
-           "cancel_pending", "enqueue_send", "TickResult"]
+           "cancel_pending", "enqueue_send", "resend", "TickResult"]
 
 log = logging.getLogger(__name__)
 
-TICK_CHUNK = 500
-BATCH_SIZE = 500
+TICK_CHUNK = 5000  # subscribers per transaction
+INSERT_CHUNK = 1000  # rows per INSERT statement (SQLite's bound-parameter limit)
+BATCH_SIZE = 1000  # deliveries per send job: SendGrid takes 1,000 recipients per call
 
 Enqueuer = Callable[[list[int]], None]
 
@@ -43,6 +53,7 @@ class TickResult:
     created: int = 0
     finished: int = 0
     enqueued: int = 0
+    unknown: int = 0
     batches: list[list[int]] = field(default_factory=list)
 
 
@@ -68,6 +79,11 @@ def tick(now: datetime | None = None, *, enqueue: Enqueuer | None = None,
     now = now or utcnow()
     result = TickResult()
     _create_due_deliveries(now, result, subscriber_ids)
+    result.unknown = sweep_stale_sending(now)
+    if sendstate.paused() and not sendstate.probe_and_resume():
+        log.warning("tick: sending is paused (%s); nothing enqueued",
+                    (sendstate.paused() or {}).get("reason", "?"))
+        return result
     _enqueue_queued(now, result, enqueue or enqueue_send, subscriber_ids)
     if result.created or result.enqueued or result.finished:
         log.info("tick: %d new deliveries, %d enqueued in %d batches, %d finished",
@@ -77,10 +93,11 @@ def tick(now: datetime | None = None, *, enqueue: Enqueuer | None = None,
 
 def _create_due_deliveries(now: datetime, result: TickResult,
                            subscriber_ids: Sequence[int] | None) -> None:
+    """Due subscribers -> queued deliveries, a chunk per transaction, in set-based SQL."""
     course = current_course()
     while True:
         stmt = (
-            db.select(Subscriber)
+            select(Subscriber.id, Subscriber.next_position, Subscriber.next_send_at)
             .where(Subscriber.status == Status.ACTIVE, Subscriber.next_send_at <= now)
             .order_by(Subscriber.next_send_at, Subscriber.id)
             .limit(TICK_CHUNK)
@@ -89,34 +106,44 @@ def _create_due_deliveries(now: datetime, result: TickResult,
             stmt = stmt.where(Subscriber.id.in_(list(subscriber_ids)))
         if _is_postgres():
             # Several ticks (on several hosts) never take the same rows.
-            stmt = stmt.with_for_update(skip_locked=True, of=Subscriber)
-        subscribers = db.session.scalars(stmt).all()
-        if not subscribers:
+            stmt = stmt.with_for_update(skip_locked=True)
+        due = db.session.execute(stmt).all()
+        if not due:
             db.session.commit()
             return
-        rows = []
-        for sub in subscribers:
-            lesson = course.lesson_at(sub.next_position)
+        rows: list[dict[str, Any]] = []
+        finished: list[int] = []
+        for sub_id, position, scheduled in due:
+            lesson = course.lesson_at(position)
             if lesson is None:
-                sub.status = Status.FINISHED
-                sub.finished_at = now
-                sub.next_send_at = None
-                result.finished += 1
+                finished.append(sub_id)
                 continue
-            rows.append(dict(subscriber_id=sub.id, lesson_slug=lesson.slug,
+            rows.append(dict(subscriber_id=sub_id, lesson_slug=lesson.slug,
                              position=lesson.position, content_hash=lesson.content_hash,
-                             status=DeliveryStatus.QUEUED, scheduled_at=sub.next_send_at,
+                             status=DeliveryStatus.QUEUED, scheduled_at=scheduled,
                              created_at=now, attempts=0, error="", provider_message_id="",
                              open_count=0, click_count=0))
-            sub.next_send_at = None
-        if rows:
+        # In flight from now on: nothing more is due for them until their lesson is settled.
+        db.session.execute(
+            update(Subscriber).where(Subscriber.id.in_([r[0] for r in due]))
+            .values(next_send_at=None).execution_options(synchronize_session=False)
+        )
+        if finished:
+            db.session.execute(
+                update(Subscriber).where(Subscriber.id.in_(finished))
+                .values(status=Status.FINISHED, finished_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            result.finished += len(finished)
+        for start in range(0, len(rows), INSERT_CHUNK):
             stmt_ins = (
                 _insert(Delivery)
-                .values(rows)
+                .values(rows[start : start + INSERT_CHUNK])
                 .on_conflict_do_nothing(index_elements=["subscriber_id", "lesson_slug"])
                 .returning(Delivery.id)
             )
             result.created += len(db.session.execute(stmt_ins).all())
+        if rows:
             _revive_cancelled(rows)
         db.session.commit()
 

@@ -114,14 +114,7 @@ def send_deliveries(ids: Sequence[int], now: datetime | None = None) -> int:
     claimed = claim(ids, now)
     if not claimed:
         return 0
-    rows = [Claimed(*r) for r in db.session.execute(
-        select(Delivery.id, Delivery.subscriber_id, Delivery.lesson_slug, Delivery.position,
-               Delivery.attempts, Subscriber.email, Subscriber.name, Subscriber.status,
-               Subscriber.timezone, Subscriber.next_position)
-        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .where(Delivery.id.in_(claimed))
-        .order_by(Delivery.id)
-    )]
+    rows = _claimed_rows(claimed)
     course = current_course()
     outcome = Outcome()
     groups: dict[str, list[Claimed]] = defaultdict(list)
@@ -240,7 +233,9 @@ def _apply(course: Course, rows: list[Claimed], outcome: Outcome, now: datetime)
         requeue.append({"id": i, "error": e[:2000], "enqueued_at": now, "attempts": attempts,
                         "status": DeliveryStatus.FAILED if gave_up else DeliveryStatus.QUEUED})
     bulk(requeue)
-    _advance(course, [by_id[i] for i in outcome.sent], now)
+    # An unknown outcome most likely reached the subscriber: move them on rather than stall
+    # their course; the delivery stays flagged for a person.
+    _advance(course, [by_id[i] for i in (*outcome.sent, *outcome.unknown)], now)
     session.commit()
 
 
@@ -274,6 +269,54 @@ def _advance(course: Course, sent: list[Claimed], now: datetime) -> None:
                            .execution_options(synchronize_session=False))
 
 
+def _claimed_rows(ids: Sequence[int]) -> list[Claimed]:
+    return [Claimed(*r) for r in db.session.execute(
+        select(Delivery.id, Delivery.subscriber_id, Delivery.lesson_slug, Delivery.position,
+               Delivery.attempts, Subscriber.email, Subscriber.name, Subscriber.status,
+               Subscriber.timezone, Subscriber.next_position)
+        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(Delivery.id.in_(list(ids)))
+        .order_by(Delivery.id)
+    )]
+
+
+def sweep_stale_sending(now: datetime) -> int:
+    """Deliveries left ``sending`` by a worker that died mid-send become ``unknown``.
+
+    Past ``SENDING_STALE_SECONDS`` (longer than a job may run) nobody is sending them any
+    more; they may or may not have left, so they are never resent blindly.
+    """
+    cutoff = now - timedelta(seconds=current_app.config["SENDING_STALE_SECONDS"])
+    ids = db.session.execute(
+        update(Delivery)
+        .where(Delivery.status == DeliveryStatus.SENDING, Delivery.claimed_at < cutoff)
+        .values(status=DeliveryStatus.UNKNOWN,
+                error="the worker stopped while sending it (crashed or killed): "
+                      "it may or may not have gone out")
+        .returning(Delivery.id)
+    ).scalars().all()
+    if ids:
+        _advance(current_course(), _claimed_rows(ids), now)
+        log.warning("%d deliveries were left sending by a stopped worker; marked unknown",
+                    len(ids))
+    db.session.commit()
+    return len(ids)
+
+
+def resend(ids: Sequence[int]) -> int:
+    """Put failed, unknown or stuck deliveries back in the queue (an admin's decision)."""
+    count = db.session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(list(ids)),
+               Delivery.status.in_([DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN,
+                                    DeliveryStatus.SENDING]))
+        .values(status=DeliveryStatus.QUEUED, attempts=0, error="", enqueued_at=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount or 0
+    db.session.commit()
+    return count
+
+
 def send_confirmation(subscriber_id: int) -> bool:
     """Send the double opt-in email, if the subscriber is still waiting for one."""
     sub = db.session.get(Subscriber, subscriber_id)
@@ -288,7 +331,7 @@ def send_confirmation(subscriber_id: int) -> bool:
     return results[0].ok
 
 
-def stuck_sending(older_than: timedelta = timedelta(minutes=15)) -> list[Delivery]:
+def stuck_sending(older_than: timedelta = timedelta(minutes=10)) -> list[Delivery]:
     """Deliveries claimed but never finished (a crash mid-send): shown to the admin."""
     cutoff = utcnow() - older_than
     return list(db.session.scalars(

@@ -62,6 +62,22 @@ def resume() -> int:
     return released
 
 
+def probe_and_resume() -> bool:
+    """While paused, ask the provider whether our credentials work now; resume if so."""
+    from .mail import MailError, get_backend
+
+    backend = get_backend(current_app.config)
+    check = getattr(backend, "check_credentials", None)
+    try:
+        ok = True if check is None else bool(check())
+    except MailError as exc:
+        log.warning("sending paused; the provider could not be asked yet: %s", exc)
+        return False
+    if ok:
+        resume()
+    return ok
+
+
 # KEYS[1]: the clock key. ARGV: count, rate (per second). Returns seconds to wait.
 # Each caller reserves ``count`` slots on a shared clock that advances 1/rate per message,
 # so all workers together never go faster than ``rate``, whatever their number.

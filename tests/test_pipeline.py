@@ -169,22 +169,50 @@ def test_redis_flushed_mid_flight_loses_nothing(app, outbox, redis_conn):
     assert len(outbox) == 3
 
 
-def test_a_delivery_stuck_sending_after_a_crash_is_shown_not_resent(app, outbox):
+def test_a_delivery_stuck_sending_after_a_crash_becomes_unknown_and_is_not_resent(app, outbox):
     with app.app_context():
-        add_subscriber("stuck@example.com")
+        sub_id = add_subscriber("stuck@example.com").id
         pipeline.tick(enqueue=lambda ids: None)
         (delivery,) = deliveries()
         delivery_id = delivery.id
         pipeline.claim([delivery_id], utcnow())  # the worker died right after claiming
         pipeline.enqueue_send([delivery_id])
-        later = utcnow() + timedelta(hours=1)
-        pipeline.tick(later)
-    run_jobs(app)
+    run_jobs(app)  # the duplicate job finds nothing to claim
     assert outbox == []
-    with time_machine.travel(utcnow() + timedelta(minutes=16)):
+    later = utcnow() + timedelta(minutes=11)
+    with time_machine.travel(later):
         with app.app_context():
             assert [d.id for d in pipeline.stuck_sending()] == [delivery_id]
             assert deliveries()[0].status == DeliveryStatus.SENDING
+            # Within the stale window the tick leaves it alone (the job could still run)...
+            assert pipeline.tick().unknown == 0
+    stale = utcnow() + timedelta(seconds=app.config["SENDING_STALE_SECONDS"] + 1)
+    with time_machine.travel(stale):
+        with app.app_context():
+            # ...past it, the delivery is unknown, and the subscriber moves on.
+            assert pipeline.tick().unknown == 1
+            (delivery,) = deliveries()
+            assert delivery.status == DeliveryStatus.UNKNOWN
+            assert "may or may not have gone out" in delivery.error
+            sub = db.session.get(Subscriber, sub_id)
+            assert sub.next_position == 2 and sub.next_send_at is not None
+        run_jobs(app)
+    assert outbox == []
+
+
+def test_the_admin_can_resend_an_unknown_delivery(app, outbox):
+    with app.app_context():
+        add_subscriber("again@example.com")
+        pipeline.tick(enqueue=lambda ids: None)
+        (delivery,) = deliveries()
+        pipeline.claim([delivery.id], utcnow())
+        db.session.execute(db.update(Delivery).values(status=DeliveryStatus.UNKNOWN))
+        db.session.commit()
+        assert pipeline.resend([delivery.id]) == 1
+        assert pipeline.resend([delivery.id]) == 0  # already queued again
+        pipeline.tick()
+    run_jobs(app)
+    assert len(outbox) == 1
 
 
 def test_provider_unreachable_requeues_then_fails_after_max_attempts(make_app, outbox):
