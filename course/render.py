@@ -107,23 +107,28 @@ def greeting(name: str) -> str:
 
 
 def recipient_for(
-    rendered: RenderedLesson, *, delivery_id: int, subscriber_id: int, email: str, name: str
+    rendered: RenderedLesson, *, delivery_id: int, subscriber_id: int, email: str, name: str,
+    signer: tokens.Signer | None = None, base_url: str | None = None,
 ) -> Recipient:
-    """Per-recipient substitutions: the name and every signed, purpose-scoped link."""
+    """Per-recipient substitutions: the name and every signed, purpose-scoped link.
+
+    A batch passes one ``signer`` and ``base_url`` for all its recipients.
+    """
+    sign = (signer or tokens.Signer()).make
+    base = base_url if base_url is not None else current_app.config["BASE_URL"]
     d = {"d": delivery_id}
-    unsubscribe_url = external_url(f"/u/{tokens.make('unsubscribe', {'s': subscriber_id})}")
+    unsubscribe_url = f"{base}/u/{sign('unsubscribe', {'s': subscriber_id})}"
+    hello = greeting(name)
     subs = {
-        "%%greeting%%": greeting(name),
-        "%%greeting_html%%": html.escape(greeting(name)),
-        "%%open_url%%": external_url(f"/o/{tokens.make('open', d)}.gif"),
-        "%%done_url%%": external_url(f"/done/{tokens.make('complete', d)}"),
-        "%%web_url%%": external_url(f"/l/{tokens.make('web', d)}"),
+        "%%greeting%%": hello,
+        "%%greeting_html%%": html.escape(hello),
+        "%%open_url%%": f"{base}/o/{sign('open', d)}.gif",
+        "%%done_url%%": f"{base}/done/{sign('complete', d)}",
+        "%%web_url%%": f"{base}/l/{sign('web', d)}",
         "%%unsubscribe_url%%": unsubscribe_url,
     }
     for index, url in enumerate(rendered.links):
-        subs[_click_key(index)] = external_url(
-            f"/c/{tokens.make('click', {'d': delivery_id, 'u': url})}"
-        )
+        subs[_click_key(index)] = f"{base}/c/{sign('click', {'d': delivery_id, 'u': url})}"
     return Recipient(
         email=email,
         name=name,

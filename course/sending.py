@@ -22,7 +22,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import and_, select, update
 
-from . import sendstate
+from . import sendstate, tokens
 from .content import current_course
 from .extensions import db
 from .lessons import Course
@@ -161,20 +161,39 @@ def _send_group(course: Course, slug: str, group: list[Claimed],
             outcome.failed[row.id] = f"lesson {slug!r} is no longer in the course"
         return None
     rendered = render_lesson(course, lesson)
+    signer, base_url = tokens.Signer(), current_app.config["BASE_URL"]
     recipients: list[Recipient] = [
         recipient_for(rendered, delivery_id=row.id, subscriber_id=row.subscriber_id,
-                      email=row.email, name=row.name)
+                      email=row.email, name=row.name, signer=signer, base_url=base_url)
         for row in group
     ]
-    sendstate.wait_for_rate(len(recipients))
     backend = get_backend(current_app.config)
     error: MailError | None = None
-    try:
-        results: list[Result | None] = list(backend.send_batch(rendered.template, recipients))
-    except MailError as exc:
-        error = exc
-        results = [exc.result_for(i) for i in range(len(group))]
-    for row, res in zip(group, results, strict=True):
+    step = sendstate.chunk_size(len(recipients))
+    for start in range(0, len(group), step):
+        rows, chunk = group[start : start + step], recipients[start : start + step]
+        if error is not None:
+            # An earlier request failed: these were never tried. Put them back as they were.
+            for row in rows:
+                outcome.requeue[row.id] = f"not tried after an earlier error: {error}"
+                outcome.requeue_keep_attempt.add(row.id)
+            continue
+        sendstate.wait_for_rate(len(chunk))
+        try:
+            results: list[Result | None] = list(backend.send_batch(rendered.template, chunk))
+        except MailError as exc:
+            error = exc
+            results = [exc.result_for(i) for i in range(len(chunk))]
+        _record(rows, results, error, outcome)
+    if error is not None:
+        log.warning("lesson %s: %s (%d recipients)", slug, error, len(group))
+    return error
+
+
+def _record(rows: list[Claimed], results: list[Result | None], error: MailError | None,
+            outcome: Outcome) -> None:
+    """Sort one request's recipients into the outcome by what the provider said."""
+    for row, res in zip(rows, results, strict=True):
         if res is not None:
             if res.ok:
                 outcome.sent[row.id] = res.message_id
@@ -189,9 +208,6 @@ def _send_group(course: Course, slug: str, group: list[Claimed],
             outcome.requeue_keep_attempt.add(row.id)
         else:
             outcome.requeue[row.id] = str(error)
-    if error is not None:
-        log.warning("lesson %s: %s (%d recipients)", slug, error, len(group))
-    return error
 
 
 def _apply(course: Course, rows: list[Claimed], outcome: Outcome, now: datetime) -> None:

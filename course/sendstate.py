@@ -91,6 +91,7 @@ redis.call('SET', KEYS[1], string.format('%.6f', finish), 'EX', 3600)
 return string.format('%.6f', start - t)
 """
 RATE_KEY = "minicourse:send-rate:clock"
+MAX_PER_REQUEST = 1000  # SendGrid's limit of personalizations per request
 
 
 def reserve(count: int) -> float:
@@ -106,6 +107,14 @@ def reserve(count: int) -> float:
         script = conn.register_script(RESERVE_LUA)
         current_app.extensions["minicourse_reserve"] = script
     return float(script(keys=[RATE_KEY], args=[count, rate]))
+
+
+def chunk_size(total: int) -> int:
+    """Recipients per request: all of them (up to 1,000), or about one second's worth when
+    a send rate is set, so the rate holds smoothly instead of in large bursts."""
+    rate = float(current_app.config.get("SEND_RATE", 0) or 0)
+    step = MAX_PER_REQUEST if rate <= 0 else max(1, min(MAX_PER_REQUEST, int(rate)))
+    return max(1, min(step, total)) if total else 1
 
 
 def wait_for_rate(count: int) -> None:

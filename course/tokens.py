@@ -1,17 +1,30 @@
 """Signed, purpose-scoped tokens for every link in an email.
 
-A token made for one purpose (say ``open``) never verifies for another (``unsubscribe``):
-the purpose is the itsdangerous salt. No id in a URL is trusted unless it came signed.
+A token is ``payload.issued.signature``: the JSON payload and the issue time (Unix
+seconds, hex) in URL-safe base64, signed with HMAC-SHA256 under a key derived from
+``SECRET_KEY`` *and the purpose*. So a token made for one purpose (say ``open``) never
+verifies for another (``unsubscribe``), and no id in a URL is trusted unless it came
+signed. Built on the standard library's ``hmac`` rather than itsdangerous because a
+lesson batch signs several links per recipient: this is ~5x faster, which the sending
+benchmark needs (itsdangerous still signs the session cookie).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import time
+from functools import lru_cache
 from typing import Any
 
 from flask import current_app
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 PURPOSES = ("confirm", "unsubscribe", "open", "click", "complete", "web")
+MAX_TOKEN_LENGTH = 4096
+SIGNATURE_BYTES = 18  # 144 bits of HMAC-SHA256
 
 
 class TokenInvalid(Exception):
@@ -26,30 +39,58 @@ class TokenExpired(TokenInvalid):
         self.payload = payload
 
 
-def _serializer(secret_key: str, purpose: str) -> URLSafeTimedSerializer:
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@lru_cache(maxsize=64)
+def _key(secret_key: str, purpose: str) -> bytes:
     if purpose not in PURPOSES:
         raise ValueError(f"unknown token purpose {purpose!r}")
-    return URLSafeTimedSerializer(secret_key, salt=f"minicourse.{purpose}")
+    return hmac.new(secret_key.encode("utf-8"), f"minicourse.token.{purpose}".encode(),
+                    hashlib.sha256).digest()
+
+
+def _sign(key: bytes, message: str) -> str:
+    return _b64(hmac.digest(key, message.encode("ascii"), "sha256")[:SIGNATURE_BYTES])
+
+
+class Signer:
+    """Signs many tokens in a row (a batch of recipients): secret and clock read once."""
+
+    def __init__(self, secret_key: str | None = None):
+        self.secret_key = secret_key or current_app.config["SECRET_KEY"]
+        self.issued = f"{int(time.time()):x}"
+
+    def make(self, purpose: str, payload: Any) -> str:
+        body = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8"))
+        message = f"{body}.{self.issued}"
+        return f"{message}.{_sign(_key(self.secret_key, purpose), message)}"
 
 
 def make(purpose: str, payload: Any, secret_key: str | None = None) -> str:
-    key = secret_key or current_app.config["SECRET_KEY"]
-    return str(_serializer(key, purpose).dumps(payload))
+    return Signer(secret_key).make(purpose, payload)
 
 
 def read(purpose: str, token: str, max_age: int | None = None,
          secret_key: str | None = None) -> Any:
-    key = secret_key or current_app.config["SECRET_KEY"]
-    serializer = _serializer(key, purpose)
+    """The payload of a genuine token for ``purpose``; TokenExpired past ``max_age`` seconds."""
+    key = _key(secret_key or current_app.config["SECRET_KEY"], purpose)
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
+        raise TokenInvalid("bad token")
+    message, _, signature = token.rpartition(".")
+    body, _, issued = message.partition(".")
+    if not body or not issued or not hmac.compare_digest(_sign(key, message), signature):
+        raise TokenInvalid("bad token")
     try:
-        return serializer.loads(token, max_age=max_age)
-    except SignatureExpired as exc:
-        payload = None
-        if exc.payload is not None:
-            try:
-                payload = serializer.load_payload(exc.payload)
-            except BadSignature:
-                payload = None
-        raise TokenExpired(payload) from None
-    except (BadSignature, UnicodeError, ValueError, TypeError):
+        payload = json.loads(_unb64(body))
+        issued_at = int(issued, 16)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
         raise TokenInvalid("bad token") from None
+    if max_age is not None and time.time() - issued_at > max_age:
+        raise TokenExpired(payload)
+    return payload
