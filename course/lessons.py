@@ -67,6 +67,10 @@ class Course:
     welcome: str
     completion: str
     lessons: tuple[Lesson, ...] = field(default=())
+    # Progress-gated: the next lesson waits until the previous one is marked done, or
+    # until ``max_wait_days`` have passed since it was sent.
+    progress_gated: bool = False
+    max_wait_days: int = 7
 
     def lesson_at(self, position: int) -> Lesson | None:
         for lesson in self.lessons:
@@ -243,6 +247,14 @@ def parse_course_file(path: Path, display: str, problems: list[str]) -> dict[str
         problems.append(
             f"{display}:{lines.get('default_timezone', 1)}: unknown time zone {tz!r}"
         )
+    gated = data.get("progress_gated", False)
+    if not isinstance(gated, bool):
+        problems.append(f"{display}:{lines.get('progress_gated', 1)}: progress_gated must be "
+                        "true or false")
+    max_wait = data.get("max_wait_days", 7)
+    if not isinstance(max_wait, int) or isinstance(max_wait, bool) or not 1 <= max_wait <= 365:
+        problems.append(f"{display}:{lines.get('max_wait_days', 1)}: max_wait_days must be "
+                        "1 to 365")
     outcomes = data.get("outcomes") or []
     if not isinstance(outcomes, list) or not all(isinstance(o, str) for o in outcomes):
         problems.append(f"{display}:{lines.get('outcomes', 1)}: outcomes must be a list of text")
@@ -257,6 +269,8 @@ def parse_course_file(path: Path, display: str, problems: list[str]) -> dict[str
         send_hour=hour,
         skip_weekends=data["skip_weekends"],
         default_timezone=str(tz),
+        progress_gated=gated,
+        max_wait_days=max_wait,
     )
     return out
 

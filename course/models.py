@@ -75,6 +75,8 @@ class Subscriber(db.Model):
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Set once the subscriber has marked every lesson done.
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The position of the next lesson to send (1-based); past the last lesson when finished.
     next_position: Mapped[int] = mapped_column(Integer, default=1)
     # When the next lesson is due; NULL while a lesson is in flight or nothing is due.
@@ -115,6 +117,8 @@ class Delivery(db.Model):
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The first open by a person (not a mail privacy proxy or scanner); a human click counts.
+    human_opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     open_count: Mapped[int] = mapped_column(Integer, default=0)
     clicked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     click_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -167,6 +171,24 @@ class AdminUser(UserMixin, db.Model):
 
     def check_password(self, password: str) -> bool:
         return check_password_hash(self.password_hash, password)
+
+
+class OutgoingWebhook(db.Model):
+    """One event for one integrator URL: signed, retried, its failures shown in the admin."""
+
+    __tablename__ = "outgoing_webhook"
+    __table_args__ = (Index("ix_outgoing_webhook_status_created_at", "status", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)  # for the receiver's dedup
+    kind: Mapped[str] = mapped_column(String(40))
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending, sent, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class AppState(db.Model):
