@@ -2,7 +2,8 @@
 
 Every view needs a signed-in admin unless it is listed in ``PUBLIC_ENDPOINTS``, so a new
 view is private by default. Every response says ``Cache-Control: no-store`` because the
-pages hold subscribers' personal data.
+pages hold subscribers' personal data. Every page a signed-in admin sees says whether
+sending is paused and how many deliveries need a person, so neither goes unnoticed.
 """
 
 from __future__ import annotations
@@ -37,13 +38,23 @@ def no_store(response: Response) -> Response:
 
 @bp.context_processor
 def admin_context() -> dict[str, Any]:
-    from .display import local_time, utc_time
+    from .display import iso_utc_time, local_time, utc_time
 
-    return {
+    context: dict[str, Any] = {
         "outbox_enabled": current_app.config["MAIL_BACKEND"] == "outbox",
         "utc_time": utc_time,
         "local_time": local_time,
+        "iso_utc_time": iso_utc_time,
+        "sending_paused": None,
+        "attention_total": 0,
     }
+    if current_user.is_authenticated:
+        from ..sendstate import paused
+        from .queries import attention_counts
+
+        context["sending_paused"] = paused()
+        context["attention_total"] = sum(attention_counts().values())
+    return context
 
 
 @bp.errorhandler(404)
@@ -58,4 +69,4 @@ def csrf_error(exc: CSRFError) -> tuple[str, int]:
     return render_template("admin/error.html", error=exc, csrf=True), 400
 
 
-from . import auth, outbox, views  # noqa: E402, F401  (registers the routes on bp)
+from . import auth, deliveries, outbox, views  # noqa: E402, F401  (registers the routes on bp)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
@@ -22,3 +22,16 @@ def local_time(value: datetime | None, timezone: str) -> str:
     except (ZoneInfoNotFoundError, ValueError):
         return ""
     return value.astimezone(zone).strftime("%a %Y-%m-%d %H:%M %Z")
+
+
+def iso_utc_time(text: str | None) -> str:
+    """An ISO 8601 time stored as text (such as the pause's "since"), shown like the rest."""
+    if not text:
+        return ""
+    try:
+        value = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return text
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return utc_time(value.astimezone(UTC))

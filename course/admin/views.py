@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flask import current_app, render_template, request
+from flask import abort, current_app, render_template, request
 
 from ..content import current_course
 from ..extensions import db
@@ -12,7 +12,14 @@ from ..lessons import Lesson
 from ..models import Delivery, Status, Subscriber
 from ..pipeline import stuck_sending
 from . import bp
-from .queries import delivery_problem_counts, progress_for, status_counts, subscriber_query
+from .queries import (
+    MAX_ID,
+    attention_counts,
+    progress_for,
+    resendable,
+    status_counts,
+    subscriber_query,
+)
 
 SEARCH_MAX = 320
 STUCK_SHOWN = 20
@@ -44,7 +51,7 @@ def subscribers() -> str:
         status=status,
         statuses=Status.ALL,
         counts=status_counts(),
-        problems=delivery_problem_counts(),
+        problems=attention_counts(),
         stuck=stuck[:STUCK_SHOWN],
         stuck_total=len(stuck),
         course=current_course(),
@@ -61,6 +68,8 @@ class LessonRow:
 
 @bp.route("/subscribers/<int:subscriber_id>")
 def subscriber(subscriber_id: int) -> str:
+    if subscriber_id > MAX_ID:
+        abort(404)
     sub = db.get_or_404(Subscriber, subscriber_id)
     course = current_course()
     deliveries = db.session.scalars(
@@ -77,4 +86,5 @@ def subscriber(subscriber_id: int) -> str:
         rows=rows,
         orphans=orphans,
         next_lesson=course.lesson_at(sub.next_position),
+        resendable=resendable(d.id for d in deliveries),
     )

@@ -1,0 +1,168 @@
+"""Deliveries that need a person (failed, unknown, stuck sending), resending them, and
+lifting a sending pause.
+
+Nothing here resends on its own (invariant 2): a resend is an admin's POST. An ``unknown``
+or stuck delivery may already be in the subscriber's inbox, so resending one needs an
+explicit "I checked: it was not delivered"; without it nothing changes at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from flask import abort, current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+from redis.exceptions import RedisError
+from werkzeug.wrappers import Response
+
+from .. import queue, sendstate
+from ..content import current_course
+from ..extensions import db
+from ..lessons import Lesson
+from ..models import Delivery
+from ..sending import resend
+from . import bp
+from .auth import safe_next
+from .queries import ATTENTION, MAX_ID, MAYBE_DELIVERED, attention_counts, attention_query
+from .queries import resendable as resendable_statuses
+
+log = logging.getLogger(__name__)
+
+CONFIRM_FIELD = "confirm"
+CONFIRM_VALUE = "not-delivered"
+MAX_IDS = 5000  # per resend request; a page shows ADMIN_PAGE_SIZE rows
+ID_RE = re.compile(r"[0-9]{1,10}")
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    """A delivery needing attention and its lesson (None once removed from the course)."""
+
+    delivery: Delivery
+    lesson: Lesson | None
+
+    @property
+    def maybe_delivered(self) -> bool:
+        return self.delivery.status in MAYBE_DELIVERED
+
+
+@bp.route("/deliveries")
+def deliveries() -> str:
+    status = request.args.get("status", "")
+    if status not in ATTENTION:
+        status = ""
+    page = max(1, request.args.get("page", 1, type=int) or 1)
+    pagination = db.paginate(
+        attention_query(status),
+        page=page,
+        per_page=current_app.config["ADMIN_PAGE_SIZE"],
+        max_per_page=None,
+        error_out=False,
+    )
+    course = current_course()
+    rows = [DeliveryRow(d, course.lesson_by_slug(d.lesson_slug)) for d in pagination.items]
+    return render_template(
+        "admin/deliveries.html",
+        pagination=pagination,
+        rows=rows,
+        status=status,
+        statuses=ATTENTION,
+        counts=attention_counts(),
+        confirm_field=CONFIRM_FIELD,
+        confirm_value=CONFIRM_VALUE,
+        any_maybe_delivered=any(row.maybe_delivered for row in rows),
+    )
+
+
+def _ids(field: str) -> list[int]:
+    """The delivery ids posted in ``field``; anything not a plausible id is dropped."""
+    values = request.form.getlist(field)[:MAX_IDS]
+    return [int(v) for v in values if ID_RE.fullmatch(v) and 0 < int(v) <= MAX_ID]
+
+
+def _back() -> str:
+    return safe_next(request.form.get("next")) or url_for("admin.deliveries")
+
+
+@bp.route("/deliveries/resend", methods=["POST"])
+def resend_deliveries() -> Response:
+    """Resend the ticked deliveries, or (``scope=shown``) every one on the page."""
+    ids = _ids("shown" if request.form.get("scope") == "shown" else "id")
+    if not ids:
+        flash("Nothing was resent: tick the deliveries to resend first.", "error")
+        return redirect(_back())
+    return _resend(ids)
+
+
+@bp.route("/deliveries/<int:delivery_id>/resend", methods=["POST"])
+def resend_delivery(delivery_id: int) -> Response:
+    """Resend one delivery (from its row here or on the subscriber's page)."""
+    if delivery_id > MAX_ID:
+        abort(404)
+    delivery = db.get_or_404(Delivery, delivery_id)
+    return _resend([delivery.id])
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _resend(ids: list[int]) -> Response:
+    eligible = resendable_statuses(ids)
+    risky = [i for i, status in eligible.items() if status in MAYBE_DELIVERED]
+    if risky and request.form.get(CONFIRM_FIELD) != CONFIRM_VALUE:
+        flash(f"Nothing was resent: {_plural(len(risky), 'delivery', 'deliveries')} may "
+              "already have been delivered (unknown or stuck sending). Check the mail "
+              "provider's activity log first, then tick “I checked: it was not delivered” "
+              "and try again.", "error")
+        return redirect(_back())
+    count = resend(sorted(eligible)) if eligible else 0
+    skipped = len(set(ids)) - count
+    if count:
+        log.warning("admin %s requeued %d deliveries (%d unknown or stuck)",
+                    current_user.email, count, len(risky))
+        message = (f"{_plural(count, 'delivery was', 'deliveries were')} requeued. "
+                   "The tick sends them within a minute.")
+        if sendstate.paused():
+            message = (f"{_plural(count, 'delivery was', 'deliveries were')} requeued, but "
+                       "sending is paused: they go out once it resumes.")
+        elif _nudge_tick():
+            message = (f"{_plural(count, 'delivery was', 'deliveries were')} requeued "
+                       "and the tick was asked to send them now (within a minute at most).")
+        if skipped:
+            message += (f" {_plural(skipped, 'other was', 'others were')} not: already "
+                        "sent, queued or still being sent.")
+        flash(message)
+    else:
+        flash("Nothing was requeued: only failed, unknown or stuck deliveries can be resent, "
+              "and these are not (any more).", "error")
+    return redirect(_back())
+
+
+def _nudge_tick() -> bool:
+    """Ask for a tick now rather than at the next minute; cron's tick covers a failure."""
+    try:
+        queue.enqueue("workers.tasks.tick", queue_name=queue.TICK_QUEUE, retries=0)
+    except (RedisError, OSError) as exc:
+        log.warning("could not enqueue a tick after an admin action: %s", exc)
+        return False
+    return True
+
+
+@bp.route("/sending/resume", methods=["POST"])
+def resume_sending() -> Response:
+    """Lift the pause now instead of waiting for the tick's credential check."""
+    back = safe_next(request.form.get("next")) or url_for("admin.subscribers")
+    if sendstate.paused() is None:
+        flash("Sending was not paused.")
+        return redirect(back)
+    released = sendstate.resume()
+    log.warning("sending resumed by admin %s", current_user.email)
+    _nudge_tick()
+    flash(f"Sending resumed: {_plural(released, 'queued delivery goes', 'queued deliveries go')} "
+          "out with the next tick, within a minute. If the provider still refuses the "
+          "credentials, sending pauses again and the warning comes back.")
+    return redirect(back)
+
