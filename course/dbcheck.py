@@ -18,7 +18,8 @@ def schema_problem() -> str | None:
         with db.engine.connect() as conn:
             current = MigrationContext.configure(conn).get_current_revision()
     except SQLAlchemyError as exc:
-        return f"cannot reach the database {url}: {exc.__class__.__name__}: {exc.orig or exc}"
+        reason = getattr(exc, "orig", None) or exc
+        return f"cannot reach the database {url}: {exc.__class__.__name__}: {reason}"
     heads = ScriptDirectory(str(ROOT / "migrations")).get_heads()
     if current is None:
         return (f"the database {url} has no tables yet: run `flask --app wsgi db upgrade` "

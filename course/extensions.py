@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
@@ -25,6 +27,16 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base)
+
+if TYPE_CHECKING:
+    Model = Base  # what db.Model is, spelled so type checkers can follow it
+else:
+    Model = db.Model
+
+
+def affected_rows(result: Any) -> int:
+    """Rows an UPDATE or DELETE touched (``execute`` is typed as returning plain Result)."""
+    return int(getattr(result, "rowcount", 0) or 0)
 migrate = Migrate()
 csrf = CSRFProtect()
 login_manager = LoginManager()

@@ -17,7 +17,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from .extensions import db
+from .extensions import Model
 from .timeutil import UTCDateTime, utcnow
 
 
@@ -57,9 +57,14 @@ class EventKind:
     UNSUBSCRIBE = "unsubscribe"
     CONFIRM = "confirm"
     SIGNUP = "signup"
+    # From SendGrid's Event Webhook (course/sendgrid_events.py).
+    PROCESSED = "processed"
+    DEFERRED = "deferred"
+    BLOCKED = "blocked"  # a bounce of type "blocked": temporary, the address stays
+    GROUP_UNSUBSCRIBE = "group_unsubscribe"
 
 
-class Subscriber(db.Model):
+class Subscriber(Model):
     __tablename__ = "subscriber"
     __table_args__ = (Index("ix_subscriber_status_next_send_at", "status", "next_send_at"),)
 
@@ -92,7 +97,7 @@ class Subscriber(db.Model):
         return f"<Subscriber {self.id} {self.status}>"
 
 
-class Delivery(db.Model):
+class Delivery(Model):
     """One lesson for one subscriber. Unique per (subscriber, lesson): the double-send guard."""
 
     __tablename__ = "delivery"
@@ -131,7 +136,7 @@ class Delivery(db.Model):
         return f"<Delivery {self.id} s{self.subscriber_id} #{self.position} {self.status}>"
 
 
-class Event(db.Model):
+class Event(Model):
     """Something that happened to a delivery or subscriber (opens, clicks, provider events)."""
 
     __tablename__ = "event"
@@ -152,7 +157,7 @@ class Event(db.Model):
     provider_event_id: Mapped[str | None] = mapped_column(String(255), unique=True)
 
 
-class AdminUser(UserMixin, db.Model):
+class AdminUser(UserMixin, Model):
     __tablename__ = "admin_user"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -173,7 +178,7 @@ class AdminUser(UserMixin, db.Model):
         return check_password_hash(self.password_hash, password)
 
 
-class OutgoingWebhook(db.Model):
+class OutgoingWebhook(Model):
     """One event for one integrator URL: signed, retried, its failures shown in the admin."""
 
     __tablename__ = "outgoing_webhook"
@@ -191,7 +196,7 @@ class OutgoingWebhook(db.Model):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
-class AppState(db.Model):
+class AppState(Model):
     """Small shared facts every process must agree on, such as "sending is paused"."""
 
     __tablename__ = "app_state"

@@ -24,7 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import queue, sendstate
 from .content import current_course
-from .extensions import db
+from .extensions import affected_rows, db
 from .models import Delivery, DeliveryStatus, Status, Subscriber
 from .sending import (
     claim,
@@ -212,4 +212,4 @@ def cancel_pending(subscriber_id: int) -> int:
         .where(Delivery.subscriber_id == subscriber_id, Delivery.status == DeliveryStatus.QUEUED)
         .values(status=DeliveryStatus.CANCELLED, error="unsubscribed")
     )
-    return res.rowcount or 0
+    return affected_rows(res)

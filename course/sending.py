@@ -24,7 +24,7 @@ from sqlalchemy import and_, select, update
 
 from . import sendstate, tokens
 from .content import current_course
-from .extensions import db
+from .extensions import affected_rows, db
 from .lessons import Course
 from .mail import (
     AuthError,
@@ -286,10 +286,10 @@ def _advance(course: Course, sent: list[Claimed], now: datetime) -> None:
 
 
 def _claimed_rows(ids: Sequence[int]) -> list[Claimed]:
-    return [Claimed(*r) for r in db.session.execute(
-        select(Delivery.id, Delivery.subscriber_id, Delivery.lesson_slug, Delivery.position,
-               Delivery.attempts, Subscriber.email, Subscriber.name, Subscriber.status,
-               Subscriber.timezone, Subscriber.next_position)
+    return [Claimed(**r._mapping) for r in db.session.execute(
+        select(Delivery.id, Delivery.subscriber_id, Delivery.lesson_slug.label("slug"),
+               Delivery.position, Delivery.attempts, Subscriber.email, Subscriber.name,
+               Subscriber.status, Subscriber.timezone, Subscriber.next_position)
         .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
         .where(Delivery.id.in_(list(ids)))
         .order_by(Delivery.id)
@@ -321,14 +321,14 @@ def sweep_stale_sending(now: datetime) -> int:
 
 def resend(ids: Sequence[int]) -> int:
     """Put failed, unknown or stuck deliveries back in the queue (an admin's decision)."""
-    count = db.session.execute(
+    count = affected_rows(db.session.execute(
         update(Delivery)
         .where(Delivery.id.in_(list(ids)),
                Delivery.status.in_([DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN,
                                     DeliveryStatus.SENDING]))
         .values(status=DeliveryStatus.QUEUED, attempts=0, error="", enqueued_at=None)
         .execution_options(synchronize_session=False)
-    ).rowcount or 0
+    ))
     db.session.commit()
     return count
 

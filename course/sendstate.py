@@ -14,7 +14,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import update
 
-from .extensions import db
+from .extensions import affected_rows, db
 from .models import AppState, Delivery, DeliveryStatus
 from .timeutil import utcnow
 
@@ -54,9 +54,9 @@ def resume() -> int:
     row = db.session.get(AppState, PAUSE_KEY)
     if row is not None:
         db.session.delete(row)
-    released = db.session.execute(
+    released = affected_rows(db.session.execute(
         update(Delivery).where(Delivery.status == DeliveryStatus.QUEUED).values(enqueued_at=None)
-    ).rowcount or 0
+    ))
     db.session.commit()
     log.warning("sending resumed; %d queued deliveries will be enqueued", released)
     return released
