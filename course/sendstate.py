@@ -78,7 +78,8 @@ def probe_and_resume() -> bool:
     return ok
 
 
-# KEYS[1]: the clock key. ARGV: count, rate (per second). Returns seconds to wait.
+# KEYS[1]: the clock key. ARGV: count, rate (per second). Returns the slot's start (Redis
+# clock) and the seconds to wait for it.
 # Each caller reserves ``count`` slots on a shared clock that advances 1/rate per message,
 # so all workers together never go faster than ``rate``, whatever their number.
 RESERVE_LUA = """
@@ -88,17 +89,17 @@ local start = tonumber(redis.call('GET', KEYS[1]) or '0')
 if start < t then start = t end
 local finish = start + tonumber(ARGV[1]) / tonumber(ARGV[2])
 redis.call('SET', KEYS[1], string.format('%.6f', finish), 'EX', 3600)
-return string.format('%.6f', start - t)
+return {string.format('%.6f', start), string.format('%.6f', start - t)}
 """
 RATE_KEY = "minicourse:send-rate:clock"
 MAX_PER_REQUEST = 1000  # SendGrid's limit of personalizations per request
 
 
-def reserve(count: int) -> float:
-    """Reserve ``count`` sends at the configured rate; returns how long to wait first."""
+def reserve_slot(count: int) -> tuple[float, float]:
+    """Reserve ``count`` sends at the configured rate: (slot start on Redis's clock, wait)."""
     rate = float(current_app.config.get("SEND_RATE", 0) or 0)
     if rate <= 0 or count <= 0:
-        return 0.0
+        return 0.0, 0.0
     from .queue import redis_connection
 
     conn = redis_connection()
@@ -106,7 +107,13 @@ def reserve(count: int) -> float:
     if script is None:
         script = conn.register_script(RESERVE_LUA)
         current_app.extensions["minicourse_reserve"] = script
-    return float(script(keys=[RATE_KEY], args=[count, rate]))
+    start, wait = script(keys=[RATE_KEY], args=[count, rate])
+    return float(start), float(wait)
+
+
+def reserve(count: int) -> float:
+    """Reserve ``count`` sends at the configured rate; returns how long to wait first."""
+    return reserve_slot(count)[1]
 
 
 def chunk_size(total: int) -> int:

@@ -21,6 +21,10 @@ GOOD_PRODUCTION = {
     "MAIL_FROM": "lessons@course.example.com",
     "DATABASE_URL": "postgres://u@db/minicourse",
     "REDIS_URL": "redis://cache:6379/0",
+    "SENDGRID_WEBHOOK_PUBLIC_KEY": (
+        "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEZNI96V31VtUZIFz5vk7UD2j1J3ROCem277M6J6wC7agiSC3H"
+        "tRS6O25/H3//WFnZ1Z594MvuHyycOp1g7SGgrA=="
+    ),
 }
 
 
