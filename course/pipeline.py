@@ -14,12 +14,11 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import or_, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import queue, sendstate
@@ -61,109 +60,183 @@ def _is_postgres() -> bool:
     return db.engine.dialect.name == "postgresql"
 
 
-def _insert(model: type[db.Model]):  # type: ignore[name-defined]
-    return pg_insert(model) if _is_postgres() else sqlite_insert(model)
-
-
 def enqueue_send(ids: list[int]) -> None:
     queue.enqueue("workers.tasks.send_deliveries", ids)
 
 
 def tick(now: datetime | None = None, *, enqueue: Enqueuer | None = None,
          subscriber_ids: Sequence[int] | None = None) -> TickResult:
-    """Create deliveries for due subscribers, then enqueue every queued delivery not in flight.
+    """Create deliveries for due subscribers and enqueue them, chunk by chunk, so sending
+    starts while the tick is still working; then enqueue any queued delivery that Redis lost.
 
     ``subscriber_ids`` limits the tick to those subscribers (the rehearsal uses it), and
     ``enqueue`` replaces the RQ enqueue (the rehearsal sends in-process).
     """
     now = now or utcnow()
+    enqueue = enqueue or enqueue_send
     result = TickResult()
-    _create_due_deliveries(now, result, subscriber_ids)
+    running = not sendstate.paused() or sendstate.probe_and_resume()
+    _finish_past_the_end(now, subscriber_ids, result)
+    _create_due_deliveries(now, result, subscriber_ids, enqueue if running else None)
     result.unknown = sweep_stale_sending(now)
-    if sendstate.paused() and not sendstate.probe_and_resume():
+    if not running:
         log.warning("tick: sending is paused (%s); nothing enqueued",
                     (sendstate.paused() or {}).get("reason", "?"))
         return result
-    _enqueue_queued(now, result, enqueue or enqueue_send, subscriber_ids)
+    _enqueue_queued(now, result, enqueue, subscriber_ids)
     if result.created or result.enqueued or result.finished:
         log.info("tick: %d new deliveries, %d enqueued in %d batches, %d finished",
                  result.created, result.enqueued, len(result.batches), result.finished)
     return result
 
 
+def _finish_past_the_end(now: datetime, subscriber_ids: Sequence[int] | None,
+                         result: TickResult) -> None:
+    """Subscribers due for a lesson past the last one (the course got shorter) are done."""
+    stmt = (
+        update(Subscriber)
+        .where(Subscriber.status == Status.ACTIVE, Subscriber.next_send_at <= now,
+               Subscriber.next_position > current_course().length)
+        .values(status=Status.FINISHED, finished_at=now, next_send_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    if subscriber_ids is not None:
+        stmt = stmt.where(Subscriber.id.in_(list(subscriber_ids)))
+    result.finished += affected_rows(db.session.execute(stmt))
+    db.session.commit()
+
+
 def _create_due_deliveries(now: datetime, result: TickResult,
-                           subscriber_ids: Sequence[int] | None) -> None:
-    """Due subscribers -> queued deliveries, a chunk per transaction, in set-based SQL."""
-    course = current_course()
+                           subscriber_ids: Sequence[int] | None,
+                           enqueue: Enqueuer | None) -> None:
+    """Due subscribers -> queued deliveries, one chunk per transaction, in set-based SQL.
+
+    Each chunk is enqueued as soon as it is committed (unless sending is paused, when
+    ``enqueue`` is None), and is stamped ``enqueued_at`` in the same statement.
+    """
+    take = _take_due_postgres if _is_postgres() else _take_due
     while True:
-        stmt = (
-            select(Subscriber.id, Subscriber.next_position, Subscriber.next_send_at)
-            .where(Subscriber.status == Status.ACTIVE, Subscriber.next_send_at <= now)
-            .order_by(Subscriber.next_send_at, Subscriber.id)
-            .limit(TICK_CHUNK)
-        )
-        if subscriber_ids is not None:
-            stmt = stmt.where(Subscriber.id.in_(list(subscriber_ids)))
-        if _is_postgres():
-            # Several ticks (on several hosts) never take the same rows.
-            stmt = stmt.with_for_update(skip_locked=True)
-        due = db.session.execute(stmt).all()
+        due, created = take(now, subscriber_ids, now if enqueue else None)
+        db.session.commit()
         if not due:
-            db.session.commit()
             return
-        rows: list[dict[str, Any]] = []
-        finished: list[int] = []
-        for sub_id, position, scheduled in due:
-            lesson = course.lesson_at(position)
-            if lesson is None:
-                finished.append(sub_id)
-                continue
+        result.created += len(created)
+        if enqueue is not None and created:
+            _enqueue_created(created, enqueue, result)
+
+
+def _take_due(now: datetime, subscriber_ids: Sequence[int] | None,
+              stamp: datetime | None) -> tuple[int, list[tuple[int, str]]]:
+    """The portable version (SQLite): select a chunk, mark it in flight, insert."""
+    course = current_course()
+    stmt = (
+        select(Subscriber.id, Subscriber.next_position, Subscriber.next_send_at)
+        .where(Subscriber.status == Status.ACTIVE, Subscriber.next_send_at <= now)
+        .order_by(Subscriber.next_send_at, Subscriber.id)
+        .limit(TICK_CHUNK)
+    )
+    if subscriber_ids is not None:
+        stmt = stmt.where(Subscriber.id.in_(list(subscriber_ids)))
+    due = db.session.execute(stmt).all()
+    if not due:
+        return 0, []
+    rows: list[dict[str, Any]] = []
+    for sub_id, position, scheduled in due:
+        lesson = course.lesson_at(position)
+        if lesson is not None:
             rows.append(dict(subscriber_id=sub_id, lesson_slug=lesson.slug,
                              position=lesson.position, content_hash=lesson.content_hash,
                              status=DeliveryStatus.QUEUED, scheduled_at=scheduled,
-                             created_at=now, attempts=0, error="", provider_message_id="",
-                             open_count=0, click_count=0))
-        # In flight from now on: nothing more is due for them until their lesson is settled.
-        db.session.execute(
-            update(Subscriber).where(Subscriber.id.in_([r[0] for r in due]))
-            .values(next_send_at=None).execution_options(synchronize_session=False)
+                             created_at=now, enqueued_at=stamp, attempts=0, error="",
+                             provider_message_id="", open_count=0, click_count=0))
+    # In flight from now on: nothing more is due for them until their lesson is settled.
+    db.session.execute(
+        update(Subscriber).where(Subscriber.id.in_([r[0] for r in due]))
+        .values(next_send_at=None).execution_options(synchronize_session=False)
+    )
+    created: list[tuple[int, str]] = []
+    for start in range(0, len(rows), INSERT_CHUNK):
+        stmt_ins = sqlite_insert(Delivery).values(rows[start : start + INSERT_CHUNK])
+        stmt_ins = stmt_ins.on_conflict_do_update(
+            # A lesson cancelled earlier (unsubscribed, paused) goes out when due again.
+            index_elements=["subscriber_id", "lesson_slug"],
+            set_=dict(status=DeliveryStatus.QUEUED, enqueued_at=stamp, error=""),
+            where=Delivery.status == DeliveryStatus.CANCELLED,
+        ).returning(Delivery.id, Delivery.lesson_slug)
+        created.extend((i, slug) for i, slug in db.session.execute(stmt_ins))
+    return len(due), created
+
+
+def _take_due_postgres(now: datetime, subscriber_ids: Sequence[int] | None,
+                       stamp: datetime | None) -> tuple[int, list[tuple[int, str]]]:
+    """One statement per chunk on PostgreSQL: lock due rows (skipping rows another tick
+    holds), mark them in flight and insert their deliveries, all inside the database."""
+    lessons = current_course().lessons
+    values = ", ".join(f"(:p{i}, :s{i}, :h{i})" for i in range(len(lessons)))
+    params: dict[str, Any] = {"now": _naive(now), "stamp": _naive(stamp), "chunk": TICK_CHUNK}
+    for i, lesson in enumerate(lessons):
+        params.update({f"p{i}": lesson.position, f"s{i}": lesson.slug,
+                       f"h{i}": lesson.content_hash})
+    only = ""
+    if subscriber_ids is not None:
+        only = "AND id = ANY(:ids)"
+        params["ids"] = list(subscriber_ids)
+    sql = f"""
+        WITH due AS (
+            SELECT id, next_position, next_send_at FROM subscriber
+            WHERE status = 'active' AND next_send_at <= :now {only}
+            ORDER BY next_send_at, id LIMIT :chunk
+            FOR UPDATE SKIP LOCKED
+        ), taken AS (
+            UPDATE subscriber AS s SET next_send_at = NULL FROM due WHERE s.id = due.id
+            RETURNING s.id, due.next_position, due.next_send_at
+        ), lesson (position, slug, hash) AS (VALUES {values}), ins AS (
+            INSERT INTO delivery (subscriber_id, lesson_slug, position, content_hash, status,
+                scheduled_at, created_at, enqueued_at, attempts, error, provider_message_id,
+                open_count, click_count)
+            SELECT taken.id, lesson.slug, lesson.position, lesson.hash, 'queued',
+                taken.next_send_at, :now, CAST(:stamp AS timestamp), 0, '', '', 0, 0
+            FROM taken JOIN lesson ON lesson.position = taken.next_position
+            ON CONFLICT (subscriber_id, lesson_slug) DO UPDATE
+                SET status = 'queued', enqueued_at = EXCLUDED.enqueued_at, error = ''
+                WHERE delivery.status = 'cancelled'
+            RETURNING id, lesson_slug
         )
-        if finished:
-            db.session.execute(
-                update(Subscriber).where(Subscriber.id.in_(finished))
-                .values(status=Status.FINISHED, finished_at=now)
-                .execution_options(synchronize_session=False)
-            )
-            result.finished += len(finished)
-        for start in range(0, len(rows), INSERT_CHUNK):
-            stmt_ins = (
-                _insert(Delivery)
-                .values(rows[start : start + INSERT_CHUNK])
-                .on_conflict_do_nothing(index_elements=["subscriber_id", "lesson_slug"])
-                .returning(Delivery.id)
-            )
-            result.created += len(db.session.execute(stmt_ins).all())
-        if rows:
-            _revive_cancelled(rows)
+        SELECT (SELECT count(*) FROM taken), array_agg(ins.id), array_agg(ins.lesson_slug)
+        FROM ins
+    """
+    taken, ids, slugs = db.session.execute(text(sql), params).one()
+    return int(taken), list(zip(ids or [], slugs or [], strict=True))
+
+
+def _naive(moment: datetime | None) -> datetime | None:
+    """UTC columns hold naive UTC (see timeutil.UTCDateTime); raw SQL must match."""
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment else None
+
+
+def _enqueue_created(created: list[tuple[int, str]], enqueue: Enqueuer,
+                     result: TickResult) -> None:
+    by_lesson: dict[str, list[int]] = defaultdict(list)
+    for delivery_id, slug in created:
+        by_lesson[slug].append(delivery_id)
+    for ids in by_lesson.values():
+        ids.sort()
+        for start in range(0, len(ids), BATCH_SIZE):
+            _enqueue_batch(ids[start : start + BATCH_SIZE], enqueue, result)
+
+
+def _enqueue_batch(ids: list[int], enqueue: Enqueuer, result: TickResult) -> None:
+    try:
+        enqueue(ids)
+    except Exception:
+        # Redis is down: unmark so the next tick tries again straight away.
+        db.session.rollback()
+        db.session.execute(update(Delivery).where(Delivery.id.in_(ids))
+                           .values(enqueued_at=None))
         db.session.commit()
-
-
-def _revive_cancelled(rows: list[dict[str, object]]) -> None:
-    """A lesson cancelled earlier (unsubscribed, paused) goes out when it is due again."""
-    wanted = {(r["subscriber_id"], r["lesson_slug"]) for r in rows}
-    cancelled = db.session.execute(
-        db.select(Delivery.id, Delivery.subscriber_id, Delivery.lesson_slug).where(
-            Delivery.subscriber_id.in_([r["subscriber_id"] for r in rows]),
-            Delivery.status == DeliveryStatus.CANCELLED,
-        )
-    ).all()
-    revive = [row.id for row in cancelled if (row.subscriber_id, row.lesson_slug) in wanted]
-    if revive:
-        db.session.execute(
-            update(Delivery)
-            .where(Delivery.id.in_(revive), Delivery.status == DeliveryStatus.CANCELLED)
-            .values(status=DeliveryStatus.QUEUED, enqueued_at=None, error="")
-        )
+        raise
+    result.enqueued += len(ids)
+    result.batches.append(ids)
 
 
 def _enqueue_queued(now: datetime, result: TickResult, enqueue: Enqueuer,
@@ -192,17 +265,7 @@ def _enqueue_queued(now: datetime, result: TickResult, enqueue: Enqueuer,
             db.session.commit()
             if not taken:
                 continue
-            taken = sorted(taken)
-            try:
-                enqueue(taken)
-            except Exception:
-                # Redis is down: unmark so the next tick tries again straight away.
-                db.session.execute(update(Delivery).where(Delivery.id.in_(taken))
-                                   .values(enqueued_at=None))
-                db.session.commit()
-                raise
-            result.enqueued += len(taken)
-            result.batches.append(taken)
+            _enqueue_batch(sorted(taken), enqueue, result)
 
 
 def cancel_pending(subscriber_id: int) -> int:
