@@ -10,7 +10,8 @@ from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf import CSRFProtect
-from sqlalchemy import MetaData
+from sqlalchemy import Integer, MetaData, any_, bindparam
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import DeclarativeBase
 
 NAMING_CONVENTION = {
@@ -32,6 +33,15 @@ if TYPE_CHECKING:
     Model = Base  # what db.Model is, spelled so type checkers can follow it
 else:
     Model = db.Model
+
+
+def id_in(column: Any, ids: Any) -> Any:
+    """``column IN ids``; on PostgreSQL as ``= ANY(array)``: one bound parameter instead of
+    a thousand, which saves compiling and sending them on every batch of the send path."""
+    ids = list(ids)
+    if db.engine.dialect.name == "postgresql":
+        return column == any_(bindparam("ids", ids, type_=ARRAY(Integer), unique=True))
+    return column.in_(ids)
 
 
 def affected_rows(result: Any) -> int:

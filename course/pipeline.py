@@ -40,7 +40,7 @@ __all__ = ["tick", "claim", "send_deliveries", "send_confirmation", "stuck_sendi
 
 log = logging.getLogger(__name__)
 
-TICK_CHUNK = 5000  # subscribers per transaction
+TICK_CHUNK = 10000  # subscribers per transaction: about 1,000 per lesson batch
 INSERT_CHUNK = 1000  # rows per INSERT statement (SQLite's bound-parameter limit)
 BATCH_SIZE = 1000  # deliveries per send job: SendGrid takes 1,000 recipients per call
 
