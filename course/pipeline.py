@@ -140,8 +140,20 @@ def _take_due(now: datetime, subscriber_ids: Sequence[int] | None,
     due = db.session.execute(stmt).all()
     if not due:
         return 0, []
+    scheduled_at = {sub_id: scheduled for sub_id, _, scheduled in due}
+    # Take them with a conditional write, and trust only what it returns: SQLite's read took
+    # no lock, so another tick (and a worker moving a subscriber on) may have been faster.
+    taken = db.session.execute(
+        update(Subscriber)
+        .where(Subscriber.id.in_(list(scheduled_at)), Subscriber.status == Status.ACTIVE,
+               Subscriber.next_send_at <= now)
+        .values(next_send_at=None)
+        .returning(Subscriber.id, Subscriber.next_position)
+        .execution_options(synchronize_session=False)
+    ).all()
     rows: list[dict[str, Any]] = []
-    for sub_id, position, scheduled in due:
+    for sub_id, position in taken:
+        scheduled = scheduled_at[sub_id]
         lesson = course.lesson_at(position)
         if lesson is not None:
             rows.append(dict(subscriber_id=sub_id, lesson_slug=lesson.slug,
@@ -149,11 +161,6 @@ def _take_due(now: datetime, subscriber_ids: Sequence[int] | None,
                              status=DeliveryStatus.QUEUED, scheduled_at=scheduled,
                              created_at=now, enqueued_at=stamp, attempts=0, error="",
                              provider_message_id="", open_count=0, click_count=0))
-    # In flight from now on: nothing more is due for them until their lesson is settled.
-    db.session.execute(
-        update(Subscriber).where(Subscriber.id.in_([r[0] for r in due]))
-        .values(next_send_at=None).execution_options(synchronize_session=False)
-    )
     created: list[tuple[int, str]] = []
     for start in range(0, len(rows), INSERT_CHUNK):
         stmt_ins = sqlite_insert(Delivery).values(rows[start : start + INSERT_CHUNK])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections import Counter
 from datetime import timedelta
 from email import message_from_bytes
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import time_machine
 from rq import Queue
+from sqlalchemy import event
 
 from course import pipeline
 from course.extensions import db
@@ -271,3 +273,44 @@ def test_rejoining_after_an_unsubscribe_gets_the_cancelled_lesson(app, outbox):
     assert [m["Subject"] for m in outbox if m["Subject"].startswith("Day")] == [
         "Day 1: Why your biggest fans may hesitate"
     ]
+
+
+def test_a_tick_overtaken_between_its_read_and_its_write_strands_nobody(app):
+    """Tick B reads S as due at lesson 1; before B writes, tick A sends lesson 1 and S moves
+    on to lesson 2. B's write must not leave S with nothing due and nothing in flight."""
+    with app.app_context():
+        sub_id = add_subscriber("overtaken@example.com").id
+        engine = db.engine
+    b_has_read, go_on = threading.Event(), threading.Event()
+
+    def pause_b(conn, cursor, statement, *args):
+        if (threading.current_thread().name == "tick-B"
+                and statement.lstrip().startswith(("UPDATE subscriber SET next_send_at",
+                                                   "WITH due AS"))):
+            b_has_read.set()
+            go_on.wait(5)
+
+    event.listen(engine, "before_cursor_execute", pause_b)
+    try:
+        def tick_b() -> None:
+            with app.app_context():
+                pipeline.tick(enqueue=lambda ids: None)
+                db.session.remove()
+
+        b = threading.Thread(target=tick_b, name="tick-B")
+        b.start()
+        assert b_has_read.wait(5)
+        with app.app_context():  # tick A and a worker, while B waits for the write lock
+            pipeline.tick(enqueue=pipeline.send_deliveries)
+            db.session.remove()
+        go_on.set()
+        b.join()
+    finally:
+        event.remove(engine, "before_cursor_execute", pause_b)
+    with app.app_context():
+        sub = db.session.get(Subscriber, sub_id)
+        in_flight = db.session.scalar(db.select(db.func.count()).where(
+            Delivery.subscriber_id == sub_id,
+            Delivery.status.in_([DeliveryStatus.QUEUED, DeliveryStatus.SENDING])))
+        assert sub.next_send_at is not None or in_flight, (
+            f"stranded at lesson {sub.next_position}: nothing due, nothing in flight")
