@@ -1,0 +1,1 @@
+"""Benchmarks: run them as scripts (``python bench/delivery.py``); see bench/README.md."""
