@@ -72,7 +72,8 @@ def _init_extensions(app: Flask) -> None:
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))
     csrf.init_app(app)
     limiter.init_app(app)
-    login_manager.init_app(app)
+    # The admin layout gets current_user itself; public pages never touch the login session.
+    login_manager.init_app(app, add_context_processor=False)
     login_manager.login_view = "admin.login"
     login_manager.session_protection = "strong"
     with app.app_context():
@@ -94,7 +95,9 @@ def _register_blueprints(app: Flask) -> None:
     from .admin import bp as admin_bp
     from .public import bp as public_bp
     from .tracking import bp as tracking_bp
+    from .webhooks_in import bp as webhooks_bp
 
     app.register_blueprint(public_bp)
     app.register_blueprint(tracking_bp)
     app.register_blueprint(admin_bp, url_prefix="/admin")
+    app.register_blueprint(webhooks_bp, url_prefix="/webhooks")

@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,6 +124,10 @@ def load(env: Mapping[str, str], instance_path: Path) -> dict[str, Any]:
         # Longer than a send job may run (RQ's job timeout is 600 s): past it, a delivery
         # still "sending" was left by a worker that died, and becomes "unknown".
         "SENDING_STALE_SECONDS": _int(env, "SENDING_STALE_SECONDS", 900),
+        # A pixel hit this soon after sending is a proxy or scanner prefetching, not a reader.
+        "MACHINE_OPEN_SECONDS": _float(env, "MACHINE_OPEN_SECONDS", 10.0),
+        # Answer valid pixel and click GETs in front of Flask (course/tracking_fast.py).
+        "TRACKING_FAST_PATH": _bool(env.get("TRACKING_FAST_PATH"), default=True),
         # How many reverse proxies (nginx, a load balancer) stand in front of the app and
         # set X-Forwarded-For/-Proto: client IPs for rate limits and consent come from them.
         "PROXY_COUNT": _int(env, "PROXY_COUNT", 0),
@@ -133,6 +138,19 @@ def load(env: Mapping[str, str], instance_path: Path) -> dict[str, Any]:
         "PERMANENT_SESSION_LIFETIME": _int(env, "ADMIN_SESSION_SECONDS", 8 * 3600),
         "WTF_CSRF_TIME_LIMIT": None,
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        # SendGrid's Signed Event Webhook: the verification key SendGrid shows (base64 DER).
+        "SENDGRID_WEBHOOK_PUBLIC_KEY": (env.get("SENDGRID_WEBHOOK_PUBLIC_KEY") or "").strip(),
+        "SENDGRID_WEBHOOK_ALLOW_UNSIGNED": _bool(env.get("SENDGRID_WEBHOOK_ALLOW_UNSIGNED")),
+        "SENDGRID_WEBHOOK_MAX_AGE": _int(env, "SENDGRID_WEBHOOK_MAX_AGE", 600),
+        # The webhook alone takes big bodies: SendGrid posts thousands of events at once.
+        "SENDGRID_WEBHOOK_MAX_BYTES": _int(env, "SENDGRID_WEBHOOK_MAX_BYTES", 32 * 1024 * 1024),
+        # Outgoing webhooks for integrators (course/webhooks_out.py).
+        "WEBHOOK_URLS": webhook_urls(env.get("WEBHOOK_URLS") or "", https_only=production),
+        "WEBHOOK_SECRET": env.get("WEBHOOK_SECRET", ""),
+        "WEBHOOK_TIMEOUT": _float(env, "WEBHOOK_TIMEOUT", 10.0),
+        "WEBHOOK_MAX_ATTEMPTS": _int(env, "WEBHOOK_MAX_ATTEMPTS", 8),
+        # Retry n waits base * 4**n seconds: 10 s, 40 s, 160 s ... about 15 hours in all.
+        "WEBHOOK_RETRY_BASE": _float(env, "WEBHOOK_RETRY_BASE", 10.0),
     }
     cfg["SESSION_COOKIE_SECURE"] = cfg["BASE_URL"].startswith("https://")
     cfg["REMEMBER_COOKIE_SECURE"] = cfg["SESSION_COOKIE_SECURE"]
@@ -143,11 +161,41 @@ def load(env: Mapping[str, str], instance_path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"MAIL_BACKEND={cfg['MAIL_BACKEND']!r}: use one of {', '.join(MAIL_BACKENDS)}"
         )
+    if cfg["WEBHOOK_URLS"] and not cfg["WEBHOOK_SECRET"]:
+        raise ConfigError("WEBHOOK_URLS is set but WEBHOOK_SECRET is not: set it to a long "
+                          "random string the receivers use to check signatures")
+    if cfg["SENDGRID_WEBHOOK_PUBLIC_KEY"]:
+        check_sendgrid_key(cfg["SENDGRID_WEBHOOK_PUBLIC_KEY"])
     if production:
         check_production(cfg)
     elif not cfg["SECRET_KEY"]:
         cfg["SECRET_KEY"] = _dev_secret_key(instance_path)
     return cfg
+
+
+def webhook_urls(raw: str, *, https_only: bool) -> tuple[str, ...]:
+    """``WEBHOOK_URLS``: comma-separated absolute URLs (https only in production)."""
+    urls = tuple(u.strip() for u in raw.split(",") if u.strip())
+    for url in urls:
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"WEBHOOK_URLS: {url!r} is not an absolute http(s) URL")
+        if https_only and parts.scheme != "https":
+            raise ConfigError(f"WEBHOOK_URLS: {url!r} must use https:// in production")
+    return urls
+
+
+def check_sendgrid_key(key: str) -> None:
+    """A key that cannot verify anything would refuse every event: say so at start-up."""
+    from .sendgrid_events import load_public_key
+
+    try:
+        load_public_key(key)
+    except ValueError as exc:
+        raise ConfigError(f"SENDGRID_WEBHOOK_PUBLIC_KEY is not usable: {exc}") from None
 
 
 def check_production(cfg: Mapping[str, Any]) -> None:
@@ -172,3 +220,9 @@ def check_production(cfg: Mapping[str, Any]) -> None:
         )
     if cfg["MAIL_FROM"].endswith("@example.com"):
         raise ConfigError("MAIL_FROM is not set: set it to the address lessons are sent from")
+    if (cfg["MAIL_BACKEND"] == "sendgrid" and not cfg["SENDGRID_WEBHOOK_PUBLIC_KEY"]
+            and not cfg["SENDGRID_WEBHOOK_ALLOW_UNSIGNED"]):
+        raise ConfigError(
+            "SENDGRID_WEBHOOK_PUBLIC_KEY is not set: paste the Signed Event Webhook "
+            "verification key from SendGrid (or set SENDGRID_WEBHOOK_ALLOW_UNSIGNED=1)"
+        )

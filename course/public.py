@@ -35,6 +35,7 @@ INVALID_LINK = (
     "This link is not valid. It may have been cut short when it was copied: "
     "try opening it again straight from the email."
 )
+MAX_ID = 2**31 - 1  # primary keys are 32-bit integers
 ONE_CLICK_FIELD = "List-Unsubscribe"
 ONE_CLICK_VALUE = "One-Click"
 # Subscribers who have confirmed; an old confirmation link simply welcomes them again.
@@ -87,8 +88,13 @@ def token_id(purpose: str, token: str, key: str, max_age: int | None = None) -> 
 
 
 def id_from(payload: Any, key: str) -> int:
+    """A row id from a token's payload: a positive 32-bit integer, or a 400 page.
+
+    Only we sign tokens, so a bad id means a bug or a leaked key; either way it must not
+    reach the database (SQLite cannot even bind an integer past 64 bits).
+    """
     value = payload.get(key) if isinstance(payload, dict) else None
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_ID:
         abort(400, description=INVALID_LINK)
     return value
 

@@ -125,6 +125,8 @@ def recipient_for(
         "%%open_url%%": f"{base}/o/{sign('open', d)}.gif",
         "%%done_url%%": f"{base}/done/{sign('complete', d)}",
         "%%web_url%%": f"{base}/l/{sign('web', d)}",
+        # A hidden link no person sees: whatever follows it is a machine (course/machines.py).
+        "%%canary_url%%": f"{base}/c/{sign('click', {'d': delivery_id, 'u': '', 'k': 1})}",
         "%%unsubscribe_url%%": unsubscribe_url,
     }
     for index, url in enumerate(rendered.links):

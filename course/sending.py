@@ -22,9 +22,9 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import and_, select, update
 
-from . import sendstate, tokens
+from . import sendstate, tokens, webhooks_out
 from .content import current_course
-from .extensions import affected_rows, db
+from .extensions import affected_rows, db, id_in
 from .lessons import Course
 from .mail import (
     AuthError,
@@ -56,11 +56,11 @@ def claim(ids: Iterable[int], now: datetime) -> list[int]:
     ids = list(ids)
     if not ids:
         return []
-    target = Delivery.id.in_(ids)
+    target = id_in(Delivery.id, ids)
     if _is_postgres():
         free = (
             select(Delivery.id)
-            .where(Delivery.id.in_(ids), Delivery.status == DeliveryStatus.QUEUED)
+            .where(id_in(Delivery.id, ids), Delivery.status == DeliveryStatus.QUEUED)
             .with_for_update(skip_locked=True)
             .scalar_subquery()
         )
@@ -226,7 +226,7 @@ def _apply(course: Course, rows: list[Claimed], outcome: Outcome, now: datetime)
     if len(by_message) <= 4:  # a provider id per request: one statement per request
         for message_id, ids in by_message.items():
             session.execute(
-                update(Delivery).where(Delivery.id.in_(ids)).values(
+                update(Delivery).where(id_in(Delivery.id, ids)).values(
                     status=DeliveryStatus.SENT, sent_at=now, provider_message_id=message_id,
                     error="", content_hash=_hash(course, by_id[ids[0]].slug))
                 .execution_options(synchronize_session=False)
@@ -252,6 +252,11 @@ def _apply(course: Course, rows: list[Claimed], outcome: Outcome, now: datetime)
     # An unknown outcome most likely reached the subscriber: move them on rather than stall
     # their course; the delivery stays flagged for a person.
     _advance(course, [by_id[i] for i in (*outcome.sent, *outcome.unknown)], now)
+    if webhooks_out.enabled():
+        webhooks_out.emit_many("lesson.sent", [
+            webhooks_out.lesson_data(i, by_id[i].subscriber_id, by_id[i].email, by_id[i].slug,
+                                     by_id[i].position, at=webhooks_out.iso(now))
+            for i in outcome.sent])
     session.commit()
 
 
@@ -265,21 +270,31 @@ def _advance(course: Course, sent: list[Claimed], now: datetime) -> None:
 
     Subscribers sharing a time zone and lesson share the next send time, so one UPDATE
     serves each (lesson, zone) pair. The ``next_position`` guard makes an admin resend of
-    an older lesson move nobody.
+    an older lesson move nobody. In a progress-gated course the next lesson waits for
+    ``max_wait_days``; marking this one done brings it forward (``tracking.release_next``).
     """
-    groups: dict[tuple[int, str], list[int]] = defaultdict(list)
+    done: set[int] = set()
+    if course.progress_gated and sent:
+        # Marked done already (a delivery settled late by the stale sweep): no waiting.
+        done = set(db.session.scalars(select(Delivery.id).where(
+            id_in(Delivery.id, [row.id for row in sent]), Delivery.completed_at.is_not(None))))
+    groups: dict[tuple[int, str, int], list[int]] = defaultdict(list)
     for row in sent:
         if row.next_position == row.position:
-            groups[(row.position, row.timezone)].append(row.subscriber_id)
-    for (position, zone), subscriber_ids in groups.items():
-        where = and_(Subscriber.id.in_(subscriber_ids), Subscriber.next_position == position)
+            wait = course.cadence_days
+            if course.progress_gated and row.id not in done:
+                wait = max(course.max_wait_days, course.cadence_days)
+            groups[(row.position, row.timezone, wait)].append(row.subscriber_id)
+    for (position, zone, wait), subscriber_ids in groups.items():
+        where = and_(id_in(Subscriber.id, subscriber_ids),
+                     Subscriber.next_position == position)
         if course.lesson_at(position + 1) is None:
             values: dict[str, Any] = dict(status=Status.FINISHED, finished_at=now,
                                           next_send_at=None, next_position=position + 1)
             where = and_(where, Subscriber.status == Status.ACTIVE)
         else:
             values = dict(next_position=position + 1, next_send_at=next_send_time(
-                now, zone, cadence_days=course.cadence_days, send_hour=course.send_hour,
+                now, zone, cadence_days=wait, send_hour=course.send_hour,
                 skip_weekends=course.skip_weekends))
         db.session.execute(update(Subscriber).where(where).values(**values)
                            .execution_options(synchronize_session=False))
@@ -291,7 +306,7 @@ def _claimed_rows(ids: Sequence[int]) -> list[Claimed]:
                Delivery.position, Delivery.attempts, Subscriber.email, Subscriber.name,
                Subscriber.status, Subscriber.timezone, Subscriber.next_position)
         .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .where(Delivery.id.in_(list(ids)))
+        .where(id_in(Delivery.id, ids))
         .order_by(Delivery.id)
     )]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.exc import IntegrityError
 
-from . import queue
+from . import queue, webhooks_out
 from .content import current_course
 from .extensions import db
 from .models import Event, EventKind, Status, Subscriber
@@ -122,6 +122,8 @@ def confirm(subscriber_id: int) -> Subscriber | None:
     sub.confirmed_at = now
     sub.next_send_at = now
     db.session.add(Event(subscriber_id=sub.id, kind=EventKind.CONFIRM, occurred_at=now))
+    webhooks_out.emit("subscriber.confirmed", webhooks_out.subscriber_data(
+        sub.id, sub.email, at=webhooks_out.iso(now), name=sub.name, timezone=sub.timezone))
     db.session.commit()
     try:
         queue.enqueue("workers.tasks.tick", queue_name=queue.TICK_QUEUE, retries=0)
@@ -143,5 +145,7 @@ def unsubscribe(subscriber_id: int) -> Subscriber | None:
     sub.next_send_at = None
     cancel_pending(sub.id)
     db.session.add(Event(subscriber_id=sub.id, kind=EventKind.UNSUBSCRIBE, occurred_at=now))
+    webhooks_out.emit("subscriber.unsubscribed", webhooks_out.subscriber_data(
+        sub.id, sub.email, at=webhooks_out.iso(now), source="link"))
     db.session.commit()
     return sub

@@ -4,47 +4,46 @@ Every link carries a signed, purpose-scoped token; an id is never trusted on its
 clicks redirect only to the URL signed into the email. The pixel always answers a GIF so a
 mail client never shows a broken image. Marking a lesson done is a POST (the page submits
 itself with a script) so a mail scanner following the link records nothing.
+
+The pixel and the click redirect are the hot paths: a token check, one Redis RPUSH (its
+reply read after the answer has gone out) and a fixed answer, with no database session,
+user loading, rate-limit lookup or cookie. A valid GET of either is answered in front of
+Flask by ``course/tracking_fast.py``; the views here answer the rest. See
+``course/tracking_buffer.py`` for how hits reach the database, and ``course/machines.py``
+for which of them are machines.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from flask import Blueprint, Response, redirect, request, url_for
+from flask import Blueprint, Flask, Response, current_app, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, update
-from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import abort
 
-from . import tokens
+from . import tokens, tracking_buffer, webhooks_out
 from .content import current_course
 from .extensions import db, limiter
 from .lessons import Course
 from .models import Delivery, DeliveryStatus, Event, EventKind, Status, Subscriber
 from .public import INVALID_LINK, id_from, markdown, render_page, token_id
-from .schedule import valid_timezone
+from .schedule import next_send_time, valid_timezone
 from .timeutil import utcnow
+from .tracking_fast import PIXEL, PIXEL_HEADERS, install_fast_path, safe_redirect_target
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("tracking", __name__)
-
-# A 1x1 transparent GIF89a.
-PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
-NO_CACHE = {
-    "Cache-Control": "no-store, no-cache, must-revalidate, private",
-    "Pragma": "no-cache",
-    "Expires": "0",
-}
+bp.record_once(install_fast_path)  # valid pixel and click GETs are answered before Flask
 
 
 def user_agent() -> str:
-    return (request.user_agent.string or "")[:512]
+    return request.headers.get("User-Agent", "")[:512]
 
 
 def delivery_id_or_none(purpose: str, token: str) -> int | None:
@@ -56,70 +55,69 @@ def delivery_id_or_none(purpose: str, token: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def safe_redirect_target(url: Any) -> bool:
-    """Only absolute http(s) URLs, whatever was signed: no javascript:, data: or header tricks."""
-    if not isinstance(url, str) or any(c.isspace() or ord(c) < 32 for c in url):
-        return False
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+# Endpoints Flask-Limiter leaves alone before it resolves any limit (``exempt`` alone still
+# resolves them on every request).
+UNLIMITED = frozenset({"tracking.healthz", "tracking.pixel", "tracking.click"})
 
 
-def _record(delivery_id: int, kind: str, url: str | None = None) -> None:
-    """Count an open or a click, keeping the first one's time; atomic, no read-then-write."""
-    now = utcnow()
-    sub_id = db.session.scalar(db.select(Delivery.subscriber_id).where(Delivery.id == delivery_id))
-    if sub_id is None:
-        return
-    by_id = update(Delivery).where(Delivery.id == delivery_id)
-    if kind == EventKind.CLICK:
-        db.session.execute(by_id.values(click_count=Delivery.click_count + 1))
-        db.session.execute(by_id.where(Delivery.clicked_at.is_(None)).values(clicked_at=now))
-    # A click proves an open even when images were blocked; an open counts once per pixel.
-    opens = by_id if kind == EventKind.OPEN else by_id.where(Delivery.opened_at.is_(None))
-    db.session.execute(opens.values(open_count=Delivery.open_count + 1))
-    db.session.execute(by_id.where(Delivery.opened_at.is_(None)).values(opened_at=now))
-    db.session.add(Event(subscriber_id=sub_id, delivery_id=delivery_id, kind=kind,
-                         occurred_at=now, url=url, user_agent=user_agent()))
-    db.session.commit()
+@limiter.request_filter
+def _unlimited() -> bool:
+    return request.endpoint in UNLIMITED
 
 
-def record(delivery_id: int, kind: str, url: str | None = None) -> None:
-    """Tracking must never break the reader's experience: a failure is logged, not shown."""
-    try:
-        _record(delivery_id, kind, url)
-    except SQLAlchemyError:
-        db.session.rollback()
-        log.exception("could not record %s for delivery %d", kind, delivery_id)
+@bp.route("/healthz")
+@limiter.exempt
+def healthz() -> ResponseReturnValue:
+    """For load balancers (and the tracking benchmark's baseline): the app answers."""
+    return Response("ok", mimetype="text/plain", headers={"Cache-Control": "no-store"})
+
+
+def _record(kind: str, delivery_id: int, url: str | None = None,
+            canary: bool = False) -> Callable[[], None] | None:
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    return tracking_buffer.record(
+        app, tracking_buffer.new_hit(kind, delivery_id, user_agent(), url, canary))
 
 
 @bp.route("/o/<token>.gif")
 @limiter.exempt
 def pixel(token: str) -> ResponseReturnValue:
+    """The open pixel. A valid GET is normally answered in front of Flask (``FastPath``);
+    this view answers the rest (HEAD, a bad token), and records a valid GET it gets."""
+    response = Response(PIXEL, headers=PIXEL_HEADERS)
     if request.method == "GET":  # HEAD is a probe, not an open
         delivery_id = delivery_id_or_none("open", token)
         if delivery_id is not None:
-            record(delivery_id, EventKind.OPEN)
-    return Response(PIXEL, mimetype="image/gif", headers=NO_CACHE)
+            confirm = _record(EventKind.OPEN, delivery_id)
+            if confirm is not None:
+                response.call_on_close(confirm)  # Redis's reply, read after the answer
+    return response
 
 
 @bp.route("/c/<token>")
 @limiter.exempt
 def click(token: str) -> ResponseReturnValue:
+    """Redirect to the signed URL. The hidden canary link (``"k": 1``) leads to the lesson's
+    web view and records a machine click: no person can see it to click it. (A valid GET
+    is normally answered in front of Flask, by ``FastPath``; this view gives the 400s.)"""
     try:
         payload = tokens.read("click", token)
     except tokens.TokenInvalid:
         abort(400, description=INVALID_LINK)
     delivery_id = id_from(payload, "d")
-    url = payload.get("u")
-    if not safe_redirect_target(url):
-        abort(400, description=INVALID_LINK)
-    if request.method == "GET":
-        record(delivery_id, EventKind.CLICK, url)
+    canary = payload.get("k") == 1
+    if canary:
+        url = url_for("tracking.lesson", token=tokens.make("web", {"d": delivery_id}))
+    else:
+        url = payload.get("u")
+        if not safe_redirect_target(url):
+            abort(400, description=INVALID_LINK)
     response = redirect(url, 302)
     response.headers["Cache-Control"] = "no-store"
+    if request.method == "GET":
+        confirm = _record(EventKind.CLICK, delivery_id, None if canary else url, canary)
+        if confirm is not None:
+            response.call_on_close(confirm)
     return response
 
 
@@ -139,7 +137,7 @@ def done(token: str) -> ResponseReturnValue:
     delivery = load_delivery("complete", token)
     course = current_course()
     if request.method == "POST":
-        mark_done(delivery)
+        mark_done(delivery, course)
     elif delivery.completed_at is None:
         return render_page("public/done.html", token=token, delivery=delivery,
                            lesson=course.lesson_by_slug(delivery.lesson_slug))
@@ -155,8 +153,13 @@ def done(token: str) -> ResponseReturnValue:
     )
 
 
-def mark_done(delivery: Delivery) -> None:
-    """Record completion once: the conditional update lets exactly one request win."""
+def mark_done(delivery: Delivery, course: Course) -> None:
+    """Record completion once: the conditional update lets exactly one request win.
+
+    Then (each step idempotent, so a repeated POST also repairs an interrupted one) the
+    course is marked completed if this was the last lesson missing, and in a
+    progress-gated course the next lesson is released for the next send hour.
+    """
     now = utcnow()
     won = db.session.execute(
         update(Delivery)
@@ -167,13 +170,79 @@ def mark_done(delivery: Delivery) -> None:
     if won is not None:
         db.session.add(Event(subscriber_id=delivery.subscriber_id, delivery_id=delivery.id,
                              kind=EventKind.COMPLETE, occurred_at=now, user_agent=user_agent()))
+        if webhooks_out.enabled():
+            webhooks_out.emit("lesson.completed", webhooks_out.lesson_data(
+                delivery.id, delivery.subscriber_id, delivery.subscriber.email,
+                delivery.lesson_slug, delivery.position, at=webhooks_out.iso(now)))
+    # Committed before counting, so of two last lessons marked at once the later sees both.
+    db.session.commit()
+    complete_course(delivery.subscriber_id, course, now)
+    if course.progress_gated:
+        release_next(delivery, course, now)
+
+
+def complete_course(subscriber_id: int, course: Course, now: datetime) -> bool:
+    """Set ``Subscriber.completed_at`` once every lesson of the course is marked done."""
+    if done_count(subscriber_id, course) < course.length:
+        return False
+    won = db.session.execute(
+        update(Subscriber)
+        .where(Subscriber.id == subscriber_id, Subscriber.completed_at.is_(None))
+        .values(completed_at=now)
+        .returning(Subscriber.id)
+    ).scalar_one_or_none()
+    if won is not None and webhooks_out.enabled():
+        email = db.session.scalar(db.select(Subscriber.email).where(Subscriber.id == won))
+        webhooks_out.emit("course.completed", webhooks_out.subscriber_data(
+            subscriber_id, email or "", at=webhooks_out.iso(now), lessons=course.length))
+    db.session.commit()
+    return won is not None
+
+
+def released_send_time(course: Course, timezone: str, sent_at: datetime,
+                       done_at: datetime) -> datetime:
+    """When a gated lesson goes out once the one before it is done: the next send hour
+    after ``done_at``, but never before the normal cadence after the previous lesson."""
+    def slot(after: datetime, days: int) -> datetime:
+        return next_send_time(after, timezone, cadence_days=days, send_hour=course.send_hour,
+                              skip_weekends=course.skip_weekends)
+
+    normal = slot(sent_at, course.cadence_days)
+    soonest = slot(done_at, 0)
+    if soonest < done_at:
+        soonest = slot(done_at, 1)
+    return max(normal, soonest)
+
+
+def release_next(delivery: Delivery, course: Course, now: datetime) -> None:
+    """Progress-gated: the lesson after this one was waiting for it; bring it forward.
+
+    Only ever earlier (never past the ``max_wait_days`` slot already set), only for the
+    latest lesson sent, and only while the subscriber is active and waiting.
+    """
+    sub = db.session.get(Subscriber, delivery.subscriber_id)
+    if (sub is None or delivery.sent_at is None or sub.next_send_at is None
+            or sub.status != Status.ACTIVE or sub.next_position != delivery.position + 1):
+        return
+    zone = sub.timezone if valid_timezone(sub.timezone) else "UTC"
+    when = released_send_time(course, zone, delivery.sent_at, now)
+    db.session.execute(
+        update(Subscriber)
+        .where(Subscriber.id == sub.id, Subscriber.status == Status.ACTIVE,
+               Subscriber.next_position == delivery.position + 1,
+               Subscriber.next_send_at > when)
+        .values(next_send_at=when)
+        .execution_options(synchronize_session=False)
+    )
     db.session.commit()
 
 
 def done_count(subscriber_id: int, course: Course) -> int:
+    """Lessons of the current course this subscriber has marked done."""
     count = db.session.scalar(
         db.select(func.count()).select_from(Delivery).where(
-            Delivery.subscriber_id == subscriber_id, Delivery.completed_at.is_not(None)
+            Delivery.subscriber_id == subscriber_id, Delivery.completed_at.is_not(None),
+            Delivery.lesson_slug.in_([lesson.slug for lesson in course.lessons]),
         )
     )
     return min(count or 0, course.length)

@@ -82,3 +82,21 @@ def test_whole_course_arrives_once_in_order_at_9am_local_across_the_dst_change(a
     assert all(t.hour == 9 for t in sent_local[1:])
     offsets = {t.utcoffset() for t in sent_local[1:]}
     assert offsets == {timedelta(hours=-4), timedelta(hours=-5)}
+
+
+def test_the_cron_file_schedules_the_tick_the_tracking_flush_and_the_webhook_sweep(
+    redis_conn,
+) -> None:
+    """``rq cron workers/cron.py`` loads our file with rq's own loader, into real jobs."""
+    from pathlib import Path
+
+    from rq.cron import CronScheduler
+
+    scheduler = CronScheduler(connection=redis_conn)
+    scheduler.load_config_from_file(str(Path(__file__).parents[1] / "workers" / "cron.py"))
+    jobs = {job.func.__name__: (job.queue_name, job.interval) for job in scheduler.get_jobs()}
+    assert jobs == {
+        "tick": (queue.TICK_QUEUE, 60),
+        "flush_tracking": (queue.TICK_QUEUE, 5),
+        "requeue_webhooks": (queue.TICK_QUEUE, 300),
+    }

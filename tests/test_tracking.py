@@ -13,7 +13,7 @@ from conftest import csrf_from
 from flask import Flask
 from flask.testing import FlaskClient
 
-from course import tokens
+from course import tokens, tracking_buffer
 from course.content import current_course
 from course.extensions import db
 from course.models import Delivery, DeliveryStatus, Event, EventKind, Status, Subscriber
@@ -55,7 +55,14 @@ def token(app: Flask, purpose: str, payload: Any) -> str:
         return tokens.make(purpose, payload)
 
 
+def flush(app: Flask) -> None:
+    """Opens and clicks wait in Redis until the flusher stores them (as the cron job does)."""
+    with app.app_context():
+        tracking_buffer.flush()
+
+
 def delivery(app: Flask, delivery_id: int) -> Delivery:
+    flush(app)
     with app.app_context():
         d = db.session.get(Delivery, delivery_id)
         assert d is not None
@@ -64,6 +71,7 @@ def delivery(app: Flask, delivery_id: int) -> Delivery:
 
 
 def events(app: Flask, kind: str | None = None) -> list[Event]:
+    flush(app)
     with app.app_context():
         stmt = db.select(Event).order_by(Event.id)
         if kind:

@@ -1,4 +1,6 @@
-"""``rq cron workers/cron.py``: enqueue the scheduler tick every minute.
+"""``rq cron workers/cron.py``: enqueue the scheduler tick every minute, the flush of
+buffered opens and clicks every 5 seconds, and every 5 minutes a sweep that re-enqueues
+outgoing webhooks whose jobs Redis lost.
 
 Any number of cron processes may run: the tick takes work with row locks
 (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) and deliveries are unique, so an extra tick
@@ -8,7 +10,15 @@ is only wasted effort, never a second email.
 from rq import cron
 
 from course.queue import TICK_QUEUE
-from workers.tasks import tick
+from workers.tasks import flush_tracking, requeue_webhooks, tick
 
 cron.register(tick, queue_name=TICK_QUEUE, interval=60, job_timeout=300, result_ttl=600,
               ttl=120)
+# Opens and clicks wait in Redis until this moves them to the database (a lock keeps one
+# flush at a time; a short ttl drops flushes a busy worker could not start in time).
+cron.register(flush_tracking, queue_name=TICK_QUEUE, interval=5, job_timeout=300,
+              result_ttl=60, ttl=30, failure_ttl=3600)
+# Outgoing webhooks are rows first and jobs second; a row whose job vanished (Redis
+# flushed or down) is found here and enqueued again under the same job id.
+cron.register(requeue_webhooks, queue_name=TICK_QUEUE, interval=300, job_timeout=120,
+              result_ttl=600, ttl=240, failure_ttl=3600)

@@ -5,7 +5,7 @@ They run inside the app context the worker pushes per job (see ``workers.worker`
 
 from __future__ import annotations
 
-from course import pipeline
+from course import pipeline, tracking_buffer, webhooks_out
 
 
 def tick() -> dict[str, int]:
@@ -21,3 +21,18 @@ def send_deliveries(delivery_ids: list[int]) -> int:
 
 def send_confirmation(subscriber_id: int) -> bool:
     return pipeline.send_confirmation(subscriber_id)
+
+
+def flush_tracking() -> int:
+    """Move buffered opens and clicks into the database (every few seconds, from the cron)."""
+    return tracking_buffer.flush()
+
+
+def deliver_webhook(outgoing_webhook_id: int) -> str:
+    """POST one outgoing webhook; raises on failure so RQ retries it with backoff."""
+    return webhooks_out.deliver(outgoing_webhook_id)
+
+
+def requeue_webhooks() -> int:
+    """Enqueue outgoing webhooks whose jobs Redis lost (run it from the tick or cron)."""
+    return webhooks_out.requeue_lost()
