@@ -136,7 +136,7 @@ def test_login_posts_are_rate_limited(make_app):
 
 
 @pytest.mark.parametrize("path", [
-    "/admin/", "/admin/subscribers", "/admin/subscribers/1", "/admin/outbox",
+    "/admin/", "/admin/subscribers", "/admin/subscribers/1", "/admin/lessons", "/admin/outbox",
     "/admin/outbox/" + "a" * 32 + ".eml", "/admin/outbox/" + "a" * 32 + ".eml/html",
 ])
 def test_admin_pages_require_login(client, path):
@@ -374,6 +374,7 @@ def test_subscriber_page_shows_consent_and_each_lessons_times(app, admin):
             Delivery(subscriber_id=sub.id, lesson_slug=lessons[0].slug, position=1,
                      status=DeliveryStatus.SENT, sent_at=sent,
                      opened_at=sent + timedelta(hours=1), clicked_at=sent + timedelta(hours=2),
+                     human_opened_at=sent + timedelta(hours=1),
                      completed_at=sent + timedelta(hours=3)),
             Delivery(subscriber_id=sub.id, lesson_slug=lessons[1].slug, position=2,
                      status=DeliveryStatus.SENT, sent_at=sent + timedelta(days=2)),

@@ -47,6 +47,7 @@ def admin_context() -> dict[str, Any]:
         "iso_utc_time": iso_utc_time,
         "sending_paused": None,
         "attention_total": 0,
+        "current_user": current_user,
     }
     if current_user.is_authenticated:
         from ..sendstate import paused
@@ -69,4 +70,4 @@ def csrf_error(exc: CSRFError) -> tuple[str, int]:
     return render_template("admin/error.html", error=exc, csrf=True), 400
 
 
-from . import auth, deliveries, outbox, views  # noqa: E402, F401  (registers the routes on bp)
+from . import actions, auth, deliveries, lessons, outbox, views, webhooks  # noqa: E402, F401  (registers the routes on bp)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from flask import abort, current_app, render_template, request
 
+from .. import tracking_stats
 from ..content import current_course
 from ..extensions import db
 from ..lessons import Lesson
@@ -87,4 +88,6 @@ def subscriber(subscriber_id: int) -> str:
         orphans=orphans,
         next_lesson=course.lesson_at(sub.next_position),
         resendable=resendable(d.id for d in deliveries),
+        hits=tracking_stats.hits_for_subscriber(sub.id),
+        no_hits=tracking_stats.HitCounts(),
     )
