@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,9 @@ def _split_front_matter(text: str) -> tuple[str, str, int] | None:
 
 
 def _key_lines(front: str, first_line: int) -> dict[str, int]:
-    found: dict[str, int] = {}
+    """The line of each top-level key. A key written so we cannot place it (flow style
+    ``{slug: x}``, a quoted key) is reported at the block's first line, never a crash."""
+    found: defaultdict[str, int] = defaultdict(lambda: first_line)
     for offset, line in enumerate(front.splitlines()):
         m = re.match(r"^([A-Za-z_][\w-]*)\s*:", line)
         if m:
@@ -214,7 +217,11 @@ def parse_course_file(path: Path, display: str, problems: list[str]) -> dict[str
     if not path.exists():
         problems.append(f"{display}:1: the course file is missing")
         return None
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        problems.append(f"{display}:1: not UTF-8 text ({exc.reason})")
+        return None
     data = _yaml(text, display, 1, problems)
     if data is None:
         return None
@@ -243,7 +250,7 @@ def parse_course_file(path: Path, display: str, problems: list[str]) -> dict[str
     tz = data.get("default_timezone", "UTC")
     try:
         ZoneInfo(str(tz))
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a folder
         problems.append(
             f"{display}:{lines.get('default_timezone', 1)}: unknown time zone {tz!r}"
         )

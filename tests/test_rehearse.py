@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from email import message_from_bytes
+
+import time_machine
 
 from course.extensions import db
 from course.models import Delivery, Status, Subscriber
@@ -38,8 +41,10 @@ def test_rehearsal_lands_every_lesson_in_the_outbox(make_app, tmp_path):
 
 def test_rehearsal_for_fewer_days_stops_part_way(make_app, tmp_path):
     app = make_app(MAIL_BACKEND="outbox", OUTBOX_DIR=str(tmp_path / "o"))
-    result = app.test_cli_runner().invoke(args=["course", "rehearse", "--days", "3",
-                                                "you@example.test"])
+    # Started at noon UTC: lesson 1 now, then 09:00 on each of the next three days.
+    with time_machine.travel(datetime(2026, 3, 2, 12, 0, tzinfo=UTC), tick=True):
+        result = app.test_cli_runner().invoke(args=["course", "rehearse", "--days", "3",
+                                                    "you@example.test"])
     assert result.exit_code == 0, result.output
     assert "4 lesson(s) sent; subscriber is now active, next lesson due" in result.output
 

@@ -6,6 +6,7 @@ wall clock; bench/send_rate.py measures the rate real workers achieve.
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
@@ -50,7 +51,7 @@ def test_many_callers_share_one_clock(make_app):
     # Every caller got its own 0.1 s slot right after the previous one: no two overlap.
     # (Slots are on Redis's clock, so how fast the threads ran does not matter.)
     starts.sort()
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert gaps == pytest.approx([0.1] * 11, abs=0.002)
 
 
