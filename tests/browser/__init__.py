@@ -1,0 +1,1 @@
+"""Tests that drive the public pages and the admin in a real browser (Debian's Chromium)."""

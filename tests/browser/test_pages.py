@@ -1,0 +1,89 @@
+"""The pages people reach when something is off, and the keyboard's path through the form."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from playwright.sync_api import expect
+
+from course import tokens
+from course.extensions import db
+from course.models import Status, Subscriber
+from course.timeutil import utcnow
+
+from .conftest import Site
+from .pagecheck import FOCUS_JS
+
+
+def document_error(site: Site, status: int) -> None:
+    """Chromium logs any 4xx page as a failed load: expected here, and nothing else is."""
+    expected = f"the server responded with a status of {status}"
+    site.console_errors[:] = [e for e in site.console_errors if expected not in e]
+
+
+def test_every_control_on_the_landing_page_shows_where_keyboard_focus_is(site: Site) -> None:
+    page = site.page()
+    page.goto("/")
+    focusable = page.locator(
+        "a[href]:visible, button:visible, input:not([type=hidden]):visible").count()
+    seen = []
+    for _ in range(focusable):
+        page.keyboard.press("Tab")
+        ring = page.evaluate(FOCUS_JS)
+        assert ring is not None
+        assert ring["outline"] or ring["shadow"], f"no visible focus on {ring['what']}"
+        seen.append(ring["what"])
+    assert seen[0].startswith('a "Skip to content"')
+    assert any(what.startswith('button "Send me lesson 1"') for what in seen)
+    site.assert_clean("focus")
+
+
+def test_form_errors_are_summarised_and_tied_to_their_fields(site: Site) -> None:
+    page = site.page()
+    page.goto("/")
+    page.get_by_label("Email address").fill("someone@nowhere")  # the browser lets it through
+    page.get_by_label(re.compile(r"^Yes, please email me")).check()
+    page.get_by_role("button", name="Send me lesson 1").click()
+    expect(page.get_by_role("alert")).to_contain_text("Please enter a valid email address")
+    email = page.get_by_label("Email address")
+    expect(email).to_have_attribute("aria-invalid", "true")
+    expect(email).to_have_attribute("aria-describedby", "email-error")
+    document_error(site, 400)
+    site.check(page, "10-signup-errors")
+    with site.app.app_context():
+        assert db.session.scalar(db.select(db.func.count()).select_from(Subscriber)) == 0
+
+
+def test_an_expired_confirmation_link_offers_a_fresh_one(site: Site) -> None:
+    with site.app.app_context():
+        sub = Subscriber(email="late@example.com", timezone="UTC", status=Status.PENDING,
+                         consent_at=utcnow())
+        db.session.add(sub)
+        db.session.commit()
+        signer = tokens.Signer()
+        signer.issued = f"{int(time.time()) - site.app.config['CONFIRM_MAX_AGE'] - 60:x}"
+        old = signer.make("confirm", {"s": sub.id})
+    page = site.page()
+    page.goto(f"/confirm/{old}")
+    expect(page.get_by_role("heading", level=1)).to_have_text("This link has expired")
+    document_error(site, 410)
+    site.check(page, "11-confirm-expired")
+    page.get_by_role("button", name="Send me a new link").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Check your inbox")
+    site.jobs()
+    assert "/confirm/" in site.mailbox.link(site.mailbox.one_new("late@example.com"), "confirm")
+
+
+def test_broken_links_and_missing_pages_get_friendly_pages(site: Site) -> None:
+    page = site.page()
+    page.goto("/u/not-a-real-token")
+    expect(page.get_by_role("heading", level=1)).to_have_text(
+        "Something was wrong with that request")
+    expect(page.locator("main")).to_contain_text("cut short when it was copied")
+    document_error(site, 400)
+    site.check(page, "12-bad-link")
+    page.goto("/no/such/page")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Page not found")
+    document_error(site, 404)
+    site.check(page, "13-not-found")
