@@ -66,7 +66,19 @@ class EventKind:
 
 class Subscriber(Model):
     __tablename__ = "subscriber"
-    __table_args__ = (Index("ix_subscriber_status_next_send_at", "status", "next_send_at"),)
+    __table_args__ = (
+        Index("ix_subscriber_status_next_send_at", "status", "next_send_at"),
+        # The admin's subscribers list (migration 0005): its sort orders and filters,
+        Index("ix_subscriber_created_at_id", "created_at", "id"),
+        Index("ix_subscriber_next_position_id", "next_position", "id"),
+        Index("ix_subscriber_status_created_at_id", "status", "created_at", "id"),
+        Index("ix_subscriber_status_next_position_id", "status", "next_position", "id"),
+        # and its "contains" search: trigram GIN indexes on PostgreSQL, plain ones on SQLite.
+        Index("ix_subscriber_email_trgm", "email", postgresql_using="gin",
+              postgresql_ops={"email": "gin_trgm_ops"}),
+        Index("ix_subscriber_name_trgm", "name", postgresql_using="gin",
+              postgresql_ops={"name": "gin_trgm_ops"}),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)

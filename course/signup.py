@@ -132,8 +132,9 @@ def confirm(subscriber_id: int) -> Subscriber | None:
     return sub
 
 
-def unsubscribe(subscriber_id: int) -> Subscriber | None:
-    """Stop all mail to this subscriber at once. Idempotent."""
+def unsubscribe(subscriber_id: int, source: str = "link") -> Subscriber | None:
+    """Stop all mail to this subscriber at once. Idempotent. ``source`` says who asked
+    ("link": the subscriber, "admin": the course owner), for outgoing webhooks."""
     sub = db.session.get(Subscriber, subscriber_id)
     if sub is None:
         return None
@@ -146,6 +147,6 @@ def unsubscribe(subscriber_id: int) -> Subscriber | None:
     cancel_pending(sub.id)
     db.session.add(Event(subscriber_id=sub.id, kind=EventKind.UNSUBSCRIBE, occurred_at=now))
     webhooks_out.emit("subscriber.unsubscribed", webhooks_out.subscriber_data(
-        sub.id, sub.email, at=webhooks_out.iso(now), source="link"))
+        sub.id, sub.email, at=webhooks_out.iso(now), source=source))
     db.session.commit()
     return sub

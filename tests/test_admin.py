@@ -225,11 +225,14 @@ def test_subscribers_can_be_filtered_by_status(app, admin):
         active = add_subscriber("a@example.com").id
         pending = add_subscriber("p@example.com", status=Status.PENDING).id
         add_subscriber("u@example.com", status=Status.UNSUBSCRIBED)
-    assert listed_ids(admin.get("/admin/?status=pending").get_data(as_text=True)) == [pending]
-    assert listed_ids(admin.get("/admin/?status=active").get_data(as_text=True)) == [active]
+    def listed(query: str) -> list[int]:
+        return listed_ids(admin.get(f"/admin/subscribers?{query}").get_data(as_text=True))
+
+    assert listed("status=pending") == [pending]
+    assert listed("status=active") == [active]
     # An unknown status is ignored rather than an error.
-    assert len(listed_ids(admin.get("/admin/?status=nonsense").get_data(as_text=True))) == 3
-    html = admin.get("/admin/").get_data(as_text=True)
+    assert len(listed("status=nonsense")) == 3
+    html = admin.get("/admin/subscribers").get_data(as_text=True)
     for status in Status.ALL:
         assert f'<option value="{status}"' in html
 
@@ -246,15 +249,25 @@ def test_subscribers_are_paginated_newest_first_keeping_the_filters(make_app):
         db.session.add_all(subs)
         db.session.commit()
         ids = [s.id for s in reversed(subs)]  # newest first
-    pages = [listed_ids(client.get(f"/admin/?page={n}").get_data(as_text=True))
-             for n in (1, 2, 3)]
+    # "Next" continues from the last row shown, keeping the search and filters.
+    pages, url = [], "/admin/subscribers?q=user&status=active"
+    while url:
+        html = client.get(url).get_data(as_text=True)
+        pages.append(listed_ids(html))
+        found = re.search(r'<a rel="next" href="([^"]+)"', html)
+        url = found.group(1).replace("&amp;", "&") if found else ""
+        if len(pages) == 2:
+            assert "Page 2 of 3" in html
+            assert f'href="/admin/subscribers?q=user&amp;status=active&amp;after={ids[49]}' \
+                   '&amp;page=3"' in html
     assert [len(p) for p in pages] == [25, 25, 10]
     assert pages[0] + pages[1] + pages[2] == ids
-    html = client.get("/admin/?q=user&status=active&page=2").get_data(as_text=True)
-    assert "Page 2 of 3" in html
-    assert 'href="/admin/subscribers?q=user&amp;status=active&amp;page=3"' in html
-    assert listed_ids(client.get("/admin/?page=99").get_data(as_text=True)) == []
-    assert client.get("/admin/?page=-4").status_code == 200
+    # A typed-in page number works too; past the end is an empty page with a way back.
+    assert listed_ids(client.get("/admin/subscribers?page=2").get_data(as_text=True)) \
+        == ids[25:50]
+    html = client.get("/admin/subscribers?page=99").get_data(as_text=True)
+    assert listed_ids(html) == [] and "Back to the first page" in html
+    assert client.get("/admin/subscribers?page=-4").status_code == 200
 
 
 def test_subscriber_counts_come_from_their_deliveries(app, admin):
@@ -281,7 +294,7 @@ def test_subscriber_counts_come_from_their_deliveries(app, admin):
         db.session.commit()
         ids = {"busy": busy.id, "idle": idle.id, "other": other.id}
         length = course.length
-    html = admin.get("/admin/").get_data(as_text=True)
+    html = admin.get("/admin/subscribers").get_data(as_text=True)
 
     def row(sid: int) -> str:
         start = html.index(f'href="/admin/subscribers/{sid}"')
@@ -321,11 +334,11 @@ def test_subscriber_counts_take_one_query_whatever_the_page_size(app, admin):
                 event.remove(engine, "before_cursor_execute", record)
         return len(seen)
 
-    few = count_queries("/admin/")
+    few = count_queries("/admin/subscribers")
     with app.app_context():
         for i in range(20):
             add_subscriber(f"many{i}@example.com")
-    assert count_queries("/admin/") == few
+    assert count_queries("/admin/subscribers") == few
 
 
 def test_totals_show_status_counts_failed_deliveries_and_stuck_sends(app, admin):
@@ -344,7 +357,7 @@ def test_totals_show_status_counts_failed_deliveries_and_stuck_sends(app, admin)
                      status=DeliveryStatus.SENDING, claimed_at=now - timedelta(minutes=2)),
         ])
         db.session.commit()
-    html = admin.get("/admin/").get_data(as_text=True)
+    html = admin.get("/admin/subscribers").get_data(as_text=True)
 
     def stat(label: str) -> str:
         return re.search(rf"{label}</(?:a></)?dt><dd>(\d+)</dd>", html).group(1)
@@ -356,7 +369,7 @@ def test_totals_show_status_counts_failed_deliveries_and_stuck_sends(app, admin)
 
 
 def test_no_stuck_warning_when_nothing_is_stuck(admin):
-    assert "stuck" not in admin.get("/admin/").get_data(as_text=True)
+    assert "stuck" not in admin.get("/admin/subscribers").get_data(as_text=True)
 
 
 def test_subscriber_page_shows_consent_and_each_lessons_times(app, admin):
@@ -413,8 +426,8 @@ def test_subscriber_data_is_escaped_in_admin_pages(app, admin):
     with app.app_context():
         sid = add_subscriber('"><img src=x onerror=alert(1)>@example.com', name=evil,
                              consent_user_agent=f"Mozilla {evil}").id
-    for path in ("/admin/", f"/admin/subscribers/{sid}",
-                 "/admin/?q=%3Cscript%3Ealert(1)%3C/script%3E"):
+    for path in ("/admin/subscribers", f"/admin/subscribers/{sid}",
+                 "/admin/subscribers?q=%3Cscript%3Ealert(1)%3C/script%3E"):
         html = admin.get(path).get_data(as_text=True)
         assert "<script>" not in html and "<img src=x" not in html
     html = admin.get(f"/admin/subscribers/{sid}").get_data(as_text=True)
@@ -512,4 +525,4 @@ def test_outbox_page_says_when_mail_is_not_going_to_the_outbox(app, admin):
     html = admin.get("/admin/outbox").get_data(as_text=True)
     assert "no\n  outbox to show" in html or "no outbox to show" in html.replace("\n  ", " ")
     assert "MAIL_BACKEND=outbox" in html
-    assert 'href="/admin/outbox"' not in admin.get("/admin/").get_data(as_text=True)
+    assert 'href="/admin/outbox"' not in admin.get("/admin/subscribers").get_data(as_text=True)

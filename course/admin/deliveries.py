@@ -17,7 +17,7 @@ from flask_login import current_user
 from redis.exceptions import RedisError
 from werkzeug.wrappers import Response
 
-from .. import queue, sendstate
+from .. import audit, queue, sendstate
 from ..content import current_course
 from ..extensions import db
 from ..lessons import Lesson
@@ -118,6 +118,15 @@ def _resend(ids: list[int]) -> Response:
               "provider's activity log first, then tick “I checked: it was not delivered” "
               "and try again.", "error")
         return redirect(_back())
+    if eligible:
+        # Each resend is an admin's decision about one subscriber: it goes in their audit
+        # log, in the same transaction as the requeue (``resend`` commits both).
+        for delivery_id, subscriber_id, position in db.session.execute(
+            db.select(Delivery.id, Delivery.subscriber_id, Delivery.position)
+            .where(Delivery.id.in_(sorted(eligible)))
+        ):
+            audit.record(subscriber_id, "resend", position=position,
+                         was=eligible[delivery_id])
     count = resend(sorted(eligible)) if eligible else 0
     skipped = len(set(ids)) - count
     if count:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_
-from sqlalchemy.orm import joinedload
+from sqlalchemy import ColumnElement, Select, and_, bindparam, func, or_, text, tuple_
+from sqlalchemy.orm import InstrumentedAttribute, joinedload
 
 from ..extensions import db
 from ..models import Delivery, DeliveryStatus, Status, Subscriber
@@ -39,14 +41,171 @@ def escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def subscriber_query(search: str = "", status: str = "") -> Select[tuple[Subscriber]]:
-    """Subscribers whose email contains ``search`` (any case), optionally in one status."""
-    stmt = db.select(Subscriber)
-    if search:
-        stmt = stmt.where(Subscriber.email.ilike(f"%{escape_like(search)}%", escape="\\"))
-    if status in Status.ALL:
-        stmt = stmt.where(Subscriber.status == status)
-    return stmt.order_by(Subscriber.created_at.desc(), Subscriber.id.desc())
+# --- the subscribers list ----------------------------------------------------------------
+#
+# Fast at a million subscribers: pages are continued from the last row shown (keyset
+# pagination, one index range scan however deep), the total is counted only up to
+# COUNT_CAP, and "contains" searches use trigram indexes on PostgreSQL (migration 0005).
+
+# Sort orders: name -> (label, key columns, descending). Each key ends in a unique column,
+# so the order is total, and its columns all run one way, so a single row comparison
+# continues it from any row. Each has a matching index (see the Subscriber model).
+SORTS: dict[str, tuple[str, tuple[str, ...], bool]] = {
+    "newest": ("Joined, newest first", ("created_at", "id"), True),
+    "oldest": ("Joined, oldest first", ("created_at", "id"), False),
+    "email": ("Email, A to Z", ("email",), False),
+    "progress": ("Furthest along first", ("next_position", "id"), True),
+    "progress_asc": ("Least far along first", ("next_position", "id"), False),
+}
+DEFAULT_SORT = "newest"
+# Totals past this are shown as "more than 10,000": counting a million rows on every page
+# view would cost more than the page itself.
+COUNT_CAP = 10_000
+# Plain page numbers (``?page=N`` without a row to continue from) reach this many rows deep;
+# further pages are reached with "Next", which costs the same at any depth.
+MAX_OFFSET = COUNT_CAP
+# Status counts of a large list are recounted at most this often (per web process).
+COUNTS_TTL = 60.0
+EXACT_COUNTS_BELOW = 100_000
+
+
+@dataclass(frozen=True)
+class SubscriberFilter:
+    """What the admin narrowed the list to; empty fields match everyone."""
+
+    search: str = ""  # part of the email or the name, any case
+    status: str = ""
+    lesson: int | None = None  # the position of the subscriber's next lesson
+
+    @property
+    def active(self) -> bool:
+        return bool(self.search or self.status or self.lesson)
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        out: list[ColumnElement[bool]] = []
+        if self.search:
+            pattern = f"%{escape_like(self.search)}%"
+            out.append(or_(Subscriber.email.ilike(pattern, escape="\\"),
+                           Subscriber.name.ilike(pattern, escape="\\")))
+        if self.status in Status.ALL:
+            out.append(Subscriber.status == self.status)
+        if self.lesson is not None:
+            out.append(Subscriber.next_position == self.lesson)
+        return out
+
+
+@dataclass
+class SubscriberPage:
+    """One page of the list and the rows to continue from in each direction."""
+
+    rows: list[Subscriber] = field(default_factory=list)
+    next_after: int | None = None  # continue after this subscriber for the next page
+    prev_before: int | None = None  # or before this one for the previous page
+    anchor_found: bool = True  # False when the row to continue from no longer exists
+
+
+def _sort_columns(sort: str) -> tuple[list[InstrumentedAttribute[Any]], bool]:
+    _, names, descending = SORTS.get(sort, SORTS[DEFAULT_SORT])
+    return [getattr(Subscriber, n) for n in names], descending
+
+
+def _beyond(sort: str, anchor_id: int, forward: bool,
+            keys: Sequence[ColumnElement[Any]]) -> ColumnElement[bool] | None:
+    """Rows after (``forward``) or before the subscriber ``anchor_id`` in this sort order,
+    compared on ``keys`` (the sort columns, or their copies in a CTE); None when that
+    subscriber does not exist (any more)."""
+    columns, descending = _sort_columns(sort)
+    values = db.session.execute(db.select(*columns).where(Subscriber.id == anchor_id)).first()
+    if values is None:
+        return None
+    row = tuple_(*keys)
+    anchor = tuple_(*[bindparam(None, v, type_=c.type) for c, v in zip(columns, values,
+                                                                         strict=True)])
+    return row < anchor if descending == forward else row > anchor
+
+
+def subscriber_page(filters: SubscriberFilter, sort: str, per_page: int,
+                    after: int | None = None, before: int | None = None,
+                    offset: int = 0, few: bool = False) -> SubscriberPage:
+    """A page of subscribers: the first, one continued after or before a given subscriber
+    (keyset pagination), or, for small page numbers, ``offset`` rows in.
+
+    ``few`` says at most COUNT_CAP subscribers match. PostgreSQL then takes them all
+    through the filters' own indexes and sorts them, rather than walking an index in sort
+    order: its planner assumes matches are spread evenly along that order, and when they
+    are not ("finished" and "lesson 3" never meet) the walk reads the whole table.
+    """
+    columns, descending = _sort_columns(sort)
+    forward = before is None
+    keys: list[ColumnElement[Any]] = [c.expression for c in columns]
+    if few and db.engine.dialect.name == "postgresql":
+        wanted = list(dict.fromkeys([Subscriber.id, *columns]))
+        matching = (db.select(*wanted).where(*filters.conditions())
+                    .cte("matching").prefix_with("MATERIALIZED"))
+        keys = [matching.c[c.key] for c in columns]
+        stmt = db.select(matching.c.id)
+    else:
+        stmt = db.select(Subscriber.id).where(*filters.conditions())
+    anchor = after if forward else before
+    if anchor is not None:
+        beyond = _beyond(sort, anchor, forward, keys)
+        if beyond is None:
+            return SubscriberPage(anchor_found=False)
+        stmt = stmt.where(beyond)
+    elif offset:
+        stmt = stmt.offset(offset)
+    # Read backwards (and flip the rows) to reach the previous page.
+    stmt = stmt.order_by(*[k.desc() if descending == forward else k.asc() for k in keys])
+    ids = list(db.session.scalars(stmt.limit(per_page + 1)))
+    more = len(ids) > per_page
+    ids = ids[:per_page]
+    if not forward:
+        ids.reverse()
+    loaded = {s.id: s for s in db.session.scalars(
+        db.select(Subscriber).where(Subscriber.id.in_(ids)))} if ids else {}
+    rows = [loaded[i] for i in ids if i in loaded]
+    page = SubscriberPage(rows=rows)
+    if rows:
+        if more or not forward:
+            page.next_after = rows[-1].id
+        if anchor is not None or offset:
+            if more or forward:
+                page.prev_before = rows[0].id
+    return page
+
+
+def count_matching(filters: SubscriberFilter, cap: int = COUNT_CAP) -> int:
+    """How many subscribers match, counted up to ``cap + 1`` (more means "more than cap")."""
+    matching = db.select(Subscriber.id).where(*filters.conditions()).limit(cap + 1).subquery()
+    return int(db.session.scalar(db.select(func.count()).select_from(matching)) or 0)
+
+
+_counts_cache: dict[str, tuple[float, dict[str, int]]] = {}
+
+
+def recent_status_counts() -> tuple[dict[str, int], datetime | None]:
+    """Subscribers per status, and when they were counted if not just now.
+
+    Exact on every call for lists under EXACT_COUNTS_BELOW subscribers; a larger list on
+    PostgreSQL is recounted at most every COUNTS_TTL seconds, since grouping a million
+    rows takes longer than the rest of the page.
+    """
+    if db.engine.dialect.name != "postgresql" or _estimated_subscribers() < EXACT_COUNTS_BELOW:
+        return status_counts(), None
+    key = db.engine.url.render_as_string(hide_password=True)
+    now = time.time()
+    cached = _counts_cache.get(key)
+    if cached is None or now - cached[0] > COUNTS_TTL:
+        cached = (now, status_counts())
+        _counts_cache[key] = cached
+    return cached[1], datetime.fromtimestamp(cached[0], UTC)
+
+
+def _estimated_subscribers() -> int:
+    """PostgreSQL's own estimate of the table's size (kept by ANALYZE and autovacuum)."""
+    estimate = db.session.scalar(
+        text("SELECT reltuples FROM pg_class WHERE oid = 'subscriber'::regclass"))
+    return int(estimate or 0)
 
 
 def progress_for(subscriber_ids: Sequence[int]) -> dict[int, Progress]:
