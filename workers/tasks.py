@@ -5,12 +5,13 @@ They run inside the app context the worker pushes per job (see ``workers.worker`
 
 from __future__ import annotations
 
-from course import pipeline, tracking_buffer, webhooks_out
+from course import health, pipeline, tracking_buffer, webhooks_out
 
 
 def tick() -> dict[str, int]:
     """The scheduler tick, enqueued every minute by ``rq cron workers/cron.py``."""
     result = pipeline.tick()
+    health.record_tick()
     return {"created": result.created, "enqueued": result.enqueued, "finished": result.finished}
 
 
