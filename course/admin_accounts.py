@@ -1,22 +1,34 @@
 """Admin accounts, apart from HTTP: used by ``flask admin`` and the dev runner.
 
 Callers need an app context. Passwords are only ever stored hashed; a generated one is
-returned once so the caller can show it once.
+returned once so the caller can show it once. Disabling an account or changing its
+password ends its sessions at once: see ``session_fingerprint`` and the user loader in
+``course/admin/auth.py``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 
+from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
 from .extensions import db
-from .models import AdminUser
+from .models import AdminUser, AppState
 from .signup import normalise_email
 
 PASSWORD_MIN = 12
 PASSWORD_MAX = 1024
 DEFAULT_ADMIN_EMAIL = "admin@example.com"
+
+
+class UnknownAdmin(ValueError):
+    """No admin account has this address."""
+
+    def __init__(self, email: str):
+        super().__init__(f"there is no admin with the email {email}")
 
 
 def generate_password() -> str:
@@ -71,11 +83,66 @@ def create_admin(email: str, password: str | None = None) -> tuple[AdminUser, st
     return user, generated
 
 
-def set_password(email: str, password: str | None = None) -> str | None:
-    """Replace an admin's password (the way back in); returns the generated one, if any."""
-    user = find_admin(_address(email))
+def _epoch_key(user_id: int) -> str:
+    return f"admin_session_epoch:{user_id}"
+
+
+def session_fingerprint(user: AdminUser) -> str:
+    """A short keyed digest of the password hash, which every session of ``user`` carries.
+
+    A new password changes it, and so does disabling the account (a new random "epoch" in
+    ``AppState``), so the sessions signed in before either no longer load, even once the
+    account is enabled again. Keyed with ``SECRET_KEY`` so the (readable) session cookie
+    reveals nothing of the hash.
+    """
+    epoch = db.session.get(AppState, _epoch_key(user.id))
+    key = str(current_app.config["SECRET_KEY"]).encode()
+    message = f"{user.id}:{user.password_hash}:{epoch.value if epoch else ''}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
+
+
+def _new_session_epoch(user: AdminUser) -> None:
+    """Invalidate every session of ``user`` (the caller commits)."""
+    row = db.session.get(AppState, _epoch_key(user.id))
+    if row is None:
+        db.session.add(AppState(key=_epoch_key(user.id), value=secrets.token_hex(16)))
+    else:
+        row.value = secrets.token_hex(16)
+
+
+def get_admin(email: str) -> AdminUser:
+    """The admin with this address, or :class:`UnknownAdmin`."""
+    user = find_admin(email)
     if user is None:
-        raise ValueError(f"there is no admin with the email {email}")
+        raise UnknownAdmin(email.strip())
+    return user
+
+
+def list_admins() -> list[AdminUser]:
+    """Every admin account, oldest first."""
+    return list(db.session.scalars(db.select(AdminUser).order_by(AdminUser.created_at,
+                                                                AdminUser.id)))
+
+
+def set_active(email: str, active: bool) -> bool:
+    """Enable or disable an admin; False when it already was. A disabled admin cannot
+    sign in, and its open sessions stop working on their next request."""
+    user = get_admin(email)
+    if user.active == active:
+        return False
+    user.active = active
+    if not active:
+        _new_session_epoch(user)
+    db.session.commit()
+    return True
+
+
+def set_password(email: str, password: str | None = None) -> str | None:
+    """Replace an admin's password (the way back in); returns the generated one, if any.
+
+    Every session signed in with the old password ends (its fingerprint no longer matches).
+    """
+    user = get_admin(email)
     chosen, generated = _choose(password)
     user.set_password(chosen)
     db.session.commit()

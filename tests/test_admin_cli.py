@@ -1,8 +1,10 @@
-"""Admin accounts from the shell: ``flask admin create`` / ``set-password`` and ensure_admin."""
+"""Admin accounts from the shell: ``flask admin create``, ``set-password``, ``list``,
+``disable``, ``enable``, ``reset``, and ensure_admin."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 import pytest
 
@@ -113,3 +115,94 @@ def test_ensure_admin_does_nothing_when_an_admin_exists(app):
         create_admin("owner@example.com", PASSWORD)
         assert ensure_admin() is None
     assert list(admins(app)) == ["owner@example.com"]
+
+
+# --- list, disable, enable, reset ---------------------------------------------------------
+
+
+def make(app, email: str) -> None:
+    with app.app_context():
+        create_admin(email, PASSWORD)
+
+
+def test_list_shows_every_admin_with_status_creation_and_last_login(app):
+    make(app, "first@example.com")
+    make(app, "second@example.com")
+    with app.app_context():
+        second = db.session.scalar(db.select(AdminUser).where(AdminUser.email.like("second%")))
+        second.active = False
+        second.last_login_at = datetime(2026, 3, 4, 5, 6, tzinfo=UTC)
+        db.session.commit()
+    result = app.test_cli_runner().invoke(args=["admin", "list"])
+    assert result.exit_code == 0, result.output
+    header, first, second_line = result.output.splitlines()
+    assert header.split() == ["EMAIL", "STATUS", "CREATED", "LAST", "LOGIN"]
+    assert first.split()[:2] == ["first@example.com", "active"]
+    assert first.endswith("never")
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", first)
+    assert second_line.split()[:2] == ["second@example.com", "disabled"]
+    assert second_line.endswith("2026-03-04 05:06 UTC")
+    # Columns line up: every row's status starts where the header's does.
+    column = header.index("STATUS")
+    assert first[column:].startswith("active") and second_line[column:].startswith("disabled")
+    assert PASSWORD not in result.output and "pbkdf2" not in result.output.lower()
+
+
+def test_list_with_no_admins_says_how_to_create_one(app):
+    result = app.test_cli_runner().invoke(args=["admin", "list"])
+    assert result.exit_code == 0
+    assert "flask admin create EMAIL" in result.output
+
+
+def test_disable_and_enable_switch_an_account_and_say_when_nothing_changed(app):
+    make(app, "o@example.com")
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["admin", "disable", "O@Example.com"])
+    assert result.exit_code == 0, result.output
+    assert "Disabled admin o@example.com" in result.output
+    assert admins(app)["o@example.com"].active is False
+    again = runner.invoke(args=["admin", "disable", "o@example.com"])
+    assert again.exit_code == 0 and "already disabled" in again.output
+    result = runner.invoke(args=["admin", "enable", "o@example.com"])
+    assert result.exit_code == 0 and "Enabled admin o@example.com." in result.output
+    assert admins(app)["o@example.com"].active is True
+    again = runner.invoke(args=["admin", "enable", "o@example.com"])
+    assert again.exit_code == 0 and "already active" in again.output
+
+
+def test_reset_prints_a_new_working_password_once(app):
+    make(app, "o@example.com")
+    result = app.test_cli_runner().invoke(args=["admin", "reset", "o@example.com"])
+    assert result.exit_code == 0, result.output
+    found = re.findall(r"New password \(shown only this once\): (\S+)", result.output)
+    assert len(found) == 1 and len(found[0]) >= 16
+    assert result.output.count(found[0]) == 1
+    assert check(app, "o@example.com", found[0]) and not check(app, "o@example.com", PASSWORD)
+
+
+def test_reset_with_prompt_takes_a_typed_password_and_checks_it(app):
+    make(app, "o@example.com")
+    runner = app.test_cli_runner()
+    new = "typed in by the owner"
+    result = runner.invoke(args=["admin", "reset", "o@example.com", "--prompt"],
+                           input=f"{new}\n{new}\n")
+    assert result.exit_code == 0, result.output
+    assert new not in result.output and "shown only this once" not in result.output
+    assert check(app, "o@example.com", new)
+    short = runner.invoke(args=["admin", "reset", "o@example.com", "--prompt"],
+                          input="short pw\nshort pw\n")
+    assert short.exit_code == 1 and "at least 12 characters" in short.output
+    assert check(app, "o@example.com", new)
+
+
+@pytest.mark.parametrize("command", ["disable", "enable", "reset"])
+@pytest.mark.parametrize("email", ["nobody@example.com", "not-an-email"])
+def test_unknown_address_is_a_one_line_error(app, command, email):
+    make(app, "o@example.com")
+    result = app.test_cli_runner().invoke(args=["admin", command, email])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: there is no admin with the email {email}"
+    ]
+    assert admins(app)["o@example.com"].active is True
+    assert check(app, "o@example.com", PASSWORD)

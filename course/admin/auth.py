@@ -2,10 +2,14 @@
 
 One generic error for any failed login (so the form never tells whether an address has
 an account), a rate limit on POST, and a ``next`` redirect that can only stay in /admin.
+A session carries a fingerprint of the admin's password hash, and loads only while the
+account is active and the fingerprint still matches: ``flask admin disable`` or a new
+password ends every session of that admin on its next request.
 """
 
 from __future__ import annotations
 
+import hmac
 import re
 from functools import cache
 from urllib.parse import unquote, urlsplit
@@ -18,6 +22,7 @@ from werkzeug.wrappers import Response
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
+from ..admin_accounts import session_fingerprint
 from ..extensions import db, limiter, login_manager
 from ..models import AdminUser
 from ..signup import normalise_email
@@ -30,12 +35,24 @@ PASSWORD_MAX = 1024
 SAFE_NEXT_RE = re.compile(r"^/admin(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)*/?$")
 
 
+SESSION_FINGERPRINT = "admin_fingerprint"
+
+
 @login_manager.user_loader
 def load_user(user_id: str) -> AdminUser | None:
+    """The session's admin, if still active and on the password the session signed in with."""
     try:
-        return db.session.get(AdminUser, int(user_id))
+        user = db.session.get(AdminUser, int(user_id))
     except (TypeError, ValueError):
         return None
+    if user is None or not user.is_active:
+        return None
+    carried = session.get(SESSION_FINGERPRINT)
+    if not isinstance(carried, str):
+        return None
+    if not hmac.compare_digest(carried.encode(), session_fingerprint(user).encode()):
+        return None
+    return user
 
 
 @cache
@@ -94,6 +111,7 @@ def login() -> str | Response:
             session.clear()  # nothing from before the login survives it
             session.permanent = True
             login_user(user)
+            session[SESSION_FINGERPRINT] = session_fingerprint(user)
             user.last_login_at = utcnow()
             db.session.commit()
             return redirect(next_url or url_for("admin.subscribers"))
