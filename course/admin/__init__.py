@@ -70,4 +70,15 @@ def csrf_error(exc: CSRFError) -> tuple[str, int]:
     return render_template("admin/error.html", error=exc, csrf=True), 400
 
 
-from . import actions, auth, deliveries, lessons, outbox, views, webhooks  # noqa: E402, F401  (registers the routes on bp)
+from . import (  # noqa: E402, F401  (registers the routes on bp)
+    actions,
+    auth,
+    dashboard,
+    deliveries,
+    export,
+    lesson_preview,
+    lessons,
+    outbox,
+    views,
+    webhooks,
+)

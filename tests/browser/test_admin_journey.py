@@ -49,9 +49,11 @@ def test_admin_signs_in_finds_a_subscriber_and_sees_their_progress(site: Site) -
     page.get_by_label("Email").fill(ADMIN)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Dashboard")
+    page.get_by_role("link", name="Subscribers", exact=True).click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Subscribers")
 
-    page.get_by_label("Email contains").fill("nia@")
+    page.get_by_label("Email or name contains").fill("nia@")
     page.get_by_role("button", name="Filter").click()
     expect(page.locator("p.summary")).to_have_text("1 subscriber match.")
     row = page.locator("tbody tr")
