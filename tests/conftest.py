@@ -151,3 +151,32 @@ def run_jobs(app: Flask, burst: bool = True) -> None:
         conn = redis_connection()
     worker = SimpleFlaskWorker(list(QUEUES), connection=conn, app=app)
     worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
+
+
+# The admin: one account and a client signed in with it.
+
+EMAIL = "owner@example.com"
+PASSWORD = "correct horse battery staple"
+
+
+def add_admin(app: Flask, email: str = EMAIL, password: str = PASSWORD) -> None:
+    from course.admin_accounts import create_admin
+
+    with app.app_context():
+        create_admin(email, password)
+
+
+def post_login(client: FlaskClient, email: str, password: str,
+               next_url: str | None = None) -> Any:
+    url = "/admin/login" + (f"?next={next_url}" if next_url else "")
+    token = csrf_from(client.get(url).get_data(as_text=True))
+    return client.post(url, data={"email": email, "password": password, "csrf_token": token})
+
+
+@pytest.fixture
+def admin(app: Flask) -> FlaskClient:
+    """A client signed in as an admin (``EMAIL`` / ``PASSWORD``)."""
+    add_admin(app)
+    client = app.test_client()
+    assert post_login(client, EMAIL, PASSWORD).status_code == 302
+    return client

@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import csrf_from
+from conftest import EMAIL, PASSWORD, add_admin, csrf_from, post_login  # noqa: F401
 from flask import Flask
 from flask.testing import FlaskClient
 
 from course.admin.auth import safe_next
-from course.admin_accounts import create_admin
 from course.content import current_course
 from course.extensions import db
 from course.mail import Recipient, Template
@@ -21,29 +20,7 @@ from course.mail.outbox import OutboxBackend
 from course.models import AdminUser, Delivery, DeliveryStatus, Status, Subscriber
 from course.timeutil import utcnow
 
-EMAIL = "owner@example.com"
-PASSWORD = "correct horse battery staple"
 ROW_LINK_RE = re.compile(r'href="/admin/subscribers/(\d+)"')
-
-
-def add_admin(app: Flask, email: str = EMAIL, password: str = PASSWORD) -> None:
-    with app.app_context():
-        create_admin(email, password)
-
-
-def post_login(client: FlaskClient, email: str, password: str, next_url: str | None = None):
-    url = "/admin/login" + (f"?next={next_url}" if next_url else "")
-    token = csrf_from(client.get(url).get_data(as_text=True))
-    return client.post(url, data={"email": email, "password": password, "csrf_token": token})
-
-
-@pytest.fixture
-def admin(app: Flask) -> FlaskClient:
-    """A client signed in as an admin."""
-    add_admin(app)
-    client = app.test_client()
-    assert post_login(client, EMAIL, PASSWORD).status_code == 302
-    return client
 
 
 def add_subscriber(email: str, **fields: Any) -> Subscriber:

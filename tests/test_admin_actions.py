@@ -34,13 +34,6 @@ from tests.helpers import add_subscriber
 HOOK_URL = "http://127.0.0.1:9/hook"  # never called: the tests look at the queued rows
 
 
-@pytest.fixture
-def admin(app: Flask) -> FlaskClient:
-    add_admin(app)
-    client = app.test_client()
-    assert post_login(client, EMAIL, PASSWORD).status_code == 302
-    return client
-
 
 def post(admin: FlaskClient, sub_id: int, action: str, **form: str):
     page = admin.get(f"/admin/subscribers/{sub_id}").get_data(as_text=True)

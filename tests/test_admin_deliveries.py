@@ -25,13 +25,6 @@ CONFIRM = {"confirm": "not-delivered"}
 EVIL = "<script>alert(1)</script>"
 
 
-@pytest.fixture
-def admin(app: Flask) -> FlaskClient:
-    add_admin(app)
-    client = app.test_client()
-    assert post_login(client, EMAIL, PASSWORD).status_code == 302
-    return client
-
 
 def add_delivery(subscriber_id: int, position: int, status: str, **fields: Any) -> int:
     lesson = current_course().lesson_at(position)

