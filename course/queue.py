@@ -6,10 +6,12 @@ worker's internals.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import current_app
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue, Retry
 
 MAIL_QUEUE = "minicourse-mail"
@@ -43,3 +45,16 @@ def enqueue(func: str, *args: Any, queue_name: str = MAIL_QUEUE, retries: int = 
         failure_ttl=7 * 24 * 3600,
         **kwargs,
     )
+
+
+def request_tick() -> bool:
+    """Ask for a tick now rather than at the next minute (after an admin's change).
+
+    A failure is only logged: cron's own tick does the same work within a minute.
+    """
+    try:
+        enqueue("workers.tasks.tick", queue_name=TICK_QUEUE, retries=0)
+    except (RedisError, OSError) as exc:
+        logging.getLogger(__name__).warning("could not enqueue a tick now: %s", exc)
+        return False
+    return True

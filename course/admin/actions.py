@@ -9,12 +9,10 @@ on the page can produce (a lesson number out of range) is a 400 page.
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Callable
 
 from flask import flash, redirect, render_template, request, url_for
-from redis.exceptions import RedisError
 from werkzeug.exceptions import BadRequest, abort
 from werkzeug.wrappers import Response
 
@@ -25,8 +23,6 @@ from ..models import Subscriber
 from ..subscriber_actions import NotPossible
 from . import bp
 from .queries import MAX_ID
-
-log = logging.getLogger(__name__)
 
 ERASE_CONFIRM = "erase"  # the value of the checkbox that makes an erase deliberate
 POSITION_RE = re.compile(r"[0-9]{1,6}")
@@ -67,21 +63,12 @@ def _position() -> int | tuple[str, int]:
     return render_template("admin/error.html", error=error), 400
 
 
-def _nudge_tick() -> bool:
-    """Ask for a tick now rather than at the next minute; cron's tick covers a failure."""
-    try:
-        queue.enqueue("workers.tasks.tick", queue_name=queue.TICK_QUEUE, retries=0)
-    except (RedisError, OSError) as exc:
-        log.warning("could not enqueue a tick after an admin action: %s", exc)
-        return False
-    return True
-
 
 def _when_it_leaves(done: str) -> str:
     """``done`` and when the lesson will actually leave."""
     if sendstate.paused():
         return f"{done} Sending is paused, so it goes out once sending resumes."
-    if _nudge_tick():
+    if queue.request_tick():
         return f"{done} It goes out within a minute."
     return f"{done} The next tick sends it, within a minute."
 

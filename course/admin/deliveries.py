@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from redis.exceptions import RedisError
 from werkzeug.wrappers import Response
 
 from .. import audit, queue, sendstate
@@ -137,7 +136,7 @@ def _resend(ids: list[int]) -> Response:
         if sendstate.paused():
             message = (f"{_plural(count, 'delivery was', 'deliveries were')} requeued, but "
                        "sending is paused: they go out once it resumes.")
-        elif _nudge_tick():
+        elif queue.request_tick():
             message = (f"{_plural(count, 'delivery was', 'deliveries were')} requeued "
                        "and the tick was asked to send them now (within a minute at most).")
         if skipped:
@@ -150,15 +149,6 @@ def _resend(ids: list[int]) -> Response:
     return redirect(_back())
 
 
-def _nudge_tick() -> bool:
-    """Ask for a tick now rather than at the next minute; cron's tick covers a failure."""
-    try:
-        queue.enqueue("workers.tasks.tick", queue_name=queue.TICK_QUEUE, retries=0)
-    except (RedisError, OSError) as exc:
-        log.warning("could not enqueue a tick after an admin action: %s", exc)
-        return False
-    return True
-
 
 @bp.route("/sending/resume", methods=["POST"])
 def resume_sending() -> Response:
@@ -169,7 +159,7 @@ def resume_sending() -> Response:
         return redirect(back)
     released = sendstate.resume()
     log.warning("sending resumed by admin %s", current_user.email)
-    _nudge_tick()
+    queue.request_tick()
     flash(f"Sending resumed: {_plural(released, 'queued delivery goes', 'queued deliveries go')} "
           "out with the next tick, within a minute. If the provider still refuses the "
           "credentials, sending pauses again and the warning comes back.")
