@@ -8,8 +8,9 @@ recipient then only costs a handful of signed tokens: see :func:`recipient_for`.
 from __future__ import annotations
 
 import html
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import css_inline
@@ -31,6 +32,14 @@ class RenderedLesson:
     template: Template
     links: tuple[str, ...]
     content_hash: str
+    # Each link's click-token payload prefix and placeholder, written once per lesson
+    # version rather than once per recipient (see ``recipient_for``).
+    click_parts: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parts = tuple((_click_key(i), f',"u":{json.dumps(url)}}}')
+                      for i, url in enumerate(self.links))
+        object.__setattr__(self, "click_parts", parts)
 
 
 def _click_key(index: int) -> str:
@@ -112,12 +121,16 @@ def recipient_for(
 ) -> Recipient:
     """Per-recipient substitutions: the name and every signed, purpose-scoped link.
 
-    A batch passes one ``signer`` and ``base_url`` for all its recipients.
+    A batch passes one ``signer`` and ``base_url`` for all its recipients. This runs once
+    per lesson sent, so the token payloads are written here directly, as the canonical
+    JSON ``tokens.payload_json`` would write them (``{"d":1}``, keys sorted, compact).
     """
-    sign = (signer or tokens.Signer()).make
+    sign = (signer or tokens.Signer()).make_json
     base = base_url if base_url is not None else current_app.config["BASE_URL"]
-    d = {"d": delivery_id}
-    unsubscribe_url = f"{base}/u/{sign('unsubscribe', {'s': subscriber_id})}"
+    d = f'{{"d":{delivery_id:d}}}'
+    canary = f'{{"d":{delivery_id:d},"k":1,"u":""}}'
+    unsubscribe = f'{{"s":{subscriber_id:d}}}'
+    unsubscribe_url = f"{base}/u/{sign('unsubscribe', unsubscribe)}"
     hello = greeting(name)
     subs = {
         "%%greeting%%": hello,
@@ -126,11 +139,11 @@ def recipient_for(
         "%%done_url%%": f"{base}/done/{sign('complete', d)}",
         "%%web_url%%": f"{base}/l/{sign('web', d)}",
         # A hidden link no person sees: whatever follows it is a machine (course/machines.py).
-        "%%canary_url%%": f"{base}/c/{sign('click', {'d': delivery_id, 'u': '', 'k': 1})}",
+        "%%canary_url%%": f"{base}/c/{sign('click', canary)}",
         "%%unsubscribe_url%%": unsubscribe_url,
     }
-    for index, url in enumerate(rendered.links):
-        subs[_click_key(index)] = f"{base}/c/{sign('click', {'d': delivery_id, 'u': url})}"
+    for key, rest in rendered.click_parts:
+        subs[key] = f"{base}/c/{sign('click', d[:-1] + rest)}"
     return Recipient(
         email=email,
         name=name,
