@@ -23,7 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import queue, sendstate
 from .content import current_course
-from .extensions import affected_rows, db
+from .extensions import affected_rows, db, id_in
 from .models import Delivery, DeliveryStatus, Status, Subscriber
 from .sending import (
     claim,
@@ -42,7 +42,12 @@ log = logging.getLogger(__name__)
 
 TICK_CHUNK = 10000  # subscribers per transaction: about 1,000 per lesson batch
 INSERT_CHUNK = 1000  # rows per INSERT statement (SQLite's bound-parameter limit)
-BATCH_SIZE = 1000  # deliveries per send job: SendGrid takes 1,000 recipients per call
+BATCH_SIZE = 1000  # deliveries per request: SendGrid takes 1,000 recipients per call
+# Deliveries per send job: five requests' worth, so a work horse is forked (and warms up:
+# imports, the rendered lesson, a database connection) once per 5,000 lessons. The job
+# still claims and settles one request's worth at a time (``sending.send_deliveries``).
+JOB_SIZE = 5 * BATCH_SIZE
+JOB_SECONDS = 120  # with a send rate set, about this much sending per job at most
 
 Enqueuer = Callable[[list[int]], None]
 
@@ -53,7 +58,7 @@ class TickResult:
     finished: int = 0
     enqueued: int = 0
     unknown: int = 0
-    batches: list[list[int]] = field(default_factory=list)
+    batches: list[list[int]] = field(default_factory=list)  # the ids of each job enqueued
 
 
 def _is_postgres() -> bool:
@@ -111,18 +116,84 @@ def _create_due_deliveries(now: datetime, result: TickResult,
                            enqueue: Enqueuer | None) -> None:
     """Due subscribers -> queued deliveries, one chunk per transaction, in set-based SQL.
 
-    Each chunk is enqueued as soon as it is committed (unless sending is paused, when
-    ``enqueue`` is None), and is stamped ``enqueued_at`` in the same statement.
+    Each chunk's deliveries are stamped ``enqueued_at`` in the same statement (unless
+    sending is paused, when ``enqueue`` is None) and packed into send jobs as soon as they
+    fill one (see :class:`_Packer`); what is left goes out once every chunk is done.
     """
     take = _take_due_postgres if _is_postgres() else _take_due
+    packer = _Packer(enqueue, result) if enqueue is not None else None
     while True:
         due, created = take(now, subscriber_ids, now if enqueue else None)
         db.session.commit()
         if not due:
-            return
+            break
         result.created += len(created)
-        if enqueue is not None and created:
-            _enqueue_created(created, enqueue, result)
+        if packer is not None and created:
+            packer.add(created)
+    if packer is not None:
+        packer.finish()
+
+
+def job_size() -> int:
+    """Deliveries per send job: ``JOB_SIZE``, or with a send rate set about
+    ``JOB_SECONDS`` of sending (a job must end well within its timeout), never less than
+    one request's worth."""
+    rate = float(current_app.config.get("SEND_RATE", 0) or 0)
+    if rate <= 0:
+        return JOB_SIZE
+    return max(BATCH_SIZE, min(JOB_SIZE, int(rate * JOB_SECONDS) // BATCH_SIZE * BATCH_SIZE))
+
+
+class _Packer:
+    """Packs the tick's new deliveries into send jobs that make full requests.
+
+    A chunk of the tick yields about 1,000 deliveries per lesson, rarely exactly: cut as
+    they came, a chunk makes many half-empty requests. Instead each lesson's deliveries
+    are held until they fill a request of ``BATCH_SIZE``, full requests are queued up
+    lesson by lesson, and a job is enqueued whenever ``job_size()`` of them are waiting;
+    the remainders (under a request's worth per lesson) go out last, in ``finish``.
+
+    Held deliveries are already stamped ``enqueued_at``: if the tick dies before enqueueing
+    them, the next tick re-enqueues them after ``REQUEUE_AFTER_SECONDS`` as any lost job.
+    """
+
+    def __init__(self, enqueue: Enqueuer, result: TickResult):
+        self.enqueue, self.result, self.size = enqueue, result, job_size()
+        self.by_lesson: dict[str, list[int]] = defaultdict(list)
+        self.ready: list[int] = []  # full requests, one lesson after another
+
+    def add(self, created: list[tuple[int, str]]) -> None:
+        for delivery_id, slug in created:
+            self.by_lesson[slug].append(delivery_id)
+        for ids in self.by_lesson.values():
+            while len(ids) >= BATCH_SIZE:
+                ids.sort()
+                self.ready += ids[:BATCH_SIZE]
+                del ids[:BATCH_SIZE]
+        while len(self.ready) >= self.size:
+            self._emit(self.ready[: self.size])
+            del self.ready[: self.size]
+
+    def finish(self) -> None:
+        for ids in self.by_lesson.values():
+            self.ready += sorted(ids)
+        self.by_lesson = defaultdict(list)
+        while self.ready:
+            self._emit(self.ready[: self.size])
+            del self.ready[: self.size]
+
+    def _emit(self, ids: list[int]) -> None:
+        try:
+            _enqueue_batch(ids, self.enqueue, self.result)
+        except Exception:
+            # Redis is down: what is still held goes back to unmarked as well.
+            held = self.ready + [i for ids in self.by_lesson.values() for i in ids]
+            self.ready, self.by_lesson = [], defaultdict(list)
+            if held:
+                db.session.execute(update(Delivery).where(id_in(Delivery.id, held))
+                                   .values(enqueued_at=None))
+                db.session.commit()
+            raise
 
 
 def _take_due(now: datetime, subscriber_ids: Sequence[int] | None,
@@ -164,13 +235,13 @@ def _take_due(now: datetime, subscriber_ids: Sequence[int] | None,
     created: list[tuple[int, str]] = []
     for start in range(0, len(rows), INSERT_CHUNK):
         stmt_ins = sqlite_insert(Delivery).values(rows[start : start + INSERT_CHUNK])
-        stmt_ins = stmt_ins.on_conflict_do_update(
+        upsert = stmt_ins.on_conflict_do_update(
             # A lesson cancelled earlier (unsubscribed, paused) goes out when due again.
             index_elements=["subscriber_id", "lesson_slug"],
             set_=dict(status=DeliveryStatus.QUEUED, enqueued_at=stamp, error=""),
             where=Delivery.status == DeliveryStatus.CANCELLED,
         ).returning(Delivery.id, Delivery.lesson_slug)
-        created.extend((i, slug) for i, slug in db.session.execute(stmt_ins))
+        created.extend((i, slug) for i, slug in db.session.execute(upsert))
     return len(due), created
 
 
@@ -195,7 +266,10 @@ def _take_due_postgres(now: datetime, subscriber_ids: Sequence[int] | None,
             ORDER BY next_send_at, id LIMIT :chunk
             FOR UPDATE SKIP LOCKED
         ), taken AS (
-            UPDATE subscriber AS s SET next_send_at = NULL FROM due WHERE s.id = due.id
+            UPDATE subscriber AS s SET next_send_at = NULL FROM due
+            -- The join once more as an id list: read by primary key, not by hashing the
+            -- whole subscriber table for every chunk.
+            WHERE s.id = due.id AND s.id = ANY(ARRAY(SELECT id FROM due))
             RETURNING s.id, due.next_position, due.next_send_at
         ), lesson (position, slug, hash) AS (VALUES {values}), ins AS (
             INSERT INTO delivery (subscriber_id, lesson_slug, position, content_hash, status,
@@ -219,17 +293,6 @@ def _take_due_postgres(now: datetime, subscriber_ids: Sequence[int] | None,
 def _naive(moment: datetime | None) -> datetime | None:
     """UTC columns hold naive UTC (see timeutil.UTCDateTime); raw SQL must match."""
     return moment.astimezone(UTC).replace(tzinfo=None) if moment else None
-
-
-def _enqueue_created(created: list[tuple[int, str]], enqueue: Enqueuer,
-                     result: TickResult) -> None:
-    by_lesson: dict[str, list[int]] = defaultdict(list)
-    for delivery_id, slug in created:
-        by_lesson[slug].append(delivery_id)
-    for ids in by_lesson.values():
-        ids.sort()
-        for start in range(0, len(ids), BATCH_SIZE):
-            _enqueue_batch(ids[start : start + BATCH_SIZE], enqueue, result)
 
 
 def _enqueue_batch(ids: list[int], enqueue: Enqueuer, result: TickResult) -> None:

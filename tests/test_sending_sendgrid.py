@@ -150,3 +150,29 @@ def test_a_forbidden_key_pauses_too(sg_app, sg):
         add_subscriber("forbidden@example.com")
         pipeline.tick(enqueue=send_now)
         assert "403" in sendstate.paused()["reason"]
+
+
+def test_a_job_of_several_requests_settles_each_before_claiming_the_next(sg_app, sg):
+    """A job carries up to five requests' worth; when the second request keeps failing,
+    the first is sent, the failed one is queued again, the rest was never claimed, and
+    nothing is left ``sending``. RQ's retry of the same job then sends the rest, once."""
+    from course.mail.errors import TransientError
+
+    jobs: list[list[int]] = []
+    with sg_app.app_context():
+        db.session.add_all(
+            Subscriber(email=f"many{i}@example.com", timezone="UTC", status="active",
+                       next_position=1, next_send_at=utcnow(), consent_at=utcnow())
+            for i in range(2500))
+        db.session.commit()
+        pipeline.tick(enqueue=jobs.append)
+        assert [len(job) for job in jobs] == [2500]  # one job, three requests' worth
+        sg.pass_next()
+        sg.fail_next(503, times=3)  # the second request, and both of its retries
+        with pytest.raises(TransientError):
+            pipeline.send_deliveries(jobs[0])
+        counts = dict(db.session.execute(
+            db.select(Delivery.status, db.func.count()).group_by(Delivery.status)).all())
+        assert counts == {DeliveryStatus.SENT: 1000, DeliveryStatus.QUEUED: 1500}
+        assert pipeline.send_deliveries(jobs[0]) == 1500  # the retry
+    assert len(sg.ledger) == 2500 and sg.duplicates() == {}

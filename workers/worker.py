@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from course import ConfigError, CourseError, create_app
     from course.dbcheck import schema_problem
     from course.queue import redis_connection
+    from course.sending import warm_up_worker
 
     try:
         app = create_app()
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"minicourse worker: {problem}", file=sys.stderr)
             return 1
         conn = redis_connection()
+        warm_up_worker()  # before the first fork: every work horse inherits it
     logging.getLogger("minicourse").info("worker using Redis at %s", app.config["REDIS_URL"])
     worker = FlaskWorker(list(QUEUES), connection=conn, app=app, name=args.name)
     worker.work(burst=args.burst, with_scheduler=True, logging_level=args.logging_level)
