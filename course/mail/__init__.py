@@ -60,6 +60,11 @@ class MailBackend(Protocol):
 
 def one_line(value: str) -> str:
     """Header-safe: no CR/LF may ever reach an email header."""
+    if value.isprintable() and "  " not in value and value[:1] != " " and value[-1:] != " ":
+        # The common case, checked in C: every whitespace character but the plain space
+        # (CR, LF, tabs, Unicode line and paragraph separators) is unprintable, so there
+        # is nothing to fold.
+        return value
     return " ".join(value.replace("\r", " ").replace("\n", " ").split())
 
 

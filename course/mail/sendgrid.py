@@ -22,6 +22,7 @@ import urllib.error
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import orjson
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
@@ -30,6 +31,7 @@ from .errors import AuthError, MailError, PermanentError, TransientError, Unknow
 
 log = logging.getLogger(__name__)
 
+JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 MAX_PERSONALIZATIONS = 1000  # SendGrid: at most 1,000 recipients per request
 MAX_CATEGORIES = 10
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -129,6 +131,7 @@ class SendGridBackend:
 
     def body(self, template: Template, recipients: list[Recipient]) -> dict[str, Any]:
         """The v3 mail/send JSON for one request."""
+        subject_varies = PLACEHOLDER_RE.search(template.subject) is not None
         body: dict[str, Any] = {
             "from": address(template.from_email, template.from_name),
             "subject": one_line(template.subject),
@@ -137,7 +140,8 @@ class SendGridBackend:
                 for kind, value in (("text/plain", template.text), ("text/html", template.html))
                 if value
             ],
-            "personalizations": [personalization(template, r) for r in recipients],
+            "personalizations": [personalization(template, r, subject_varies)
+                                 for r in recipients],
             "tracking_settings": {
                 "click_tracking": {"enable": False, "enable_text": False},
                 "open_tracking": {"enable": False},
@@ -155,12 +159,16 @@ class SendGridBackend:
 
     def _post(self, body: dict[str, Any]) -> str:
         """POST with retries; returns SendGrid's ``X-Message-Id``."""
+        # Encoded here with orjson (a 1,000-recipient body in ~1 ms, not ~6 ms with the
+        # json module); a Content-Type other than the bare "application/json" makes the
+        # client send the string as it is instead of encoding the body again.
+        data = orjson.dumps(body).decode("utf-8")
         attempt = 0
         while True:
             retry_after: float | None = None
             try:
                 response = self.client.client.mail.send.post(
-                    request_body=body, timeout=self.timeout
+                    request_body=data, request_headers=JSON_HEADERS, timeout=self.timeout
                 )
                 return str(response.headers.get("X-Message-Id", ""))
             except HTTPError as exc:
@@ -213,12 +221,18 @@ def address(email: str, name: str = "") -> dict[str, str]:
     return {"email": one_line(email), "name": clean} if clean else {"email": one_line(email)}
 
 
-def personalization(template: Template, recipient: Recipient) -> dict[str, Any]:
-    subs = {str(k): str(v) for k, v in recipient.substitutions.items()}
-    p: dict[str, Any] = {"to": [address(recipient.email, recipient.name)]}
+def personalization(template: Template, recipient: Recipient,
+                    subject_varies: bool | None = None) -> dict[str, Any]:
+    """One recipient's part of the request; ``subject_varies`` (whether the subject has
+    placeholders) is worked out once per request by :meth:`SendGridBackend.body`."""
+    subs = recipient.substitutions
+    email, name = recipient.email, recipient.name
+    p: dict[str, Any] = {"to": [address(email, name)]}
     if subs:
         p["substitutions"] = subs
-    if PLACEHOLDER_RE.search(template.subject):
+    if subject_varies is None:
+        subject_varies = PLACEHOLDER_RE.search(template.subject) is not None
+    if subject_varies:
         # A substituted value must not smuggle a line break into the Subject header.
         p["subject"] = one_line(substitute(template.subject, subs))
     if recipient.headers:
