@@ -30,6 +30,7 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from redis import Redis
+from werkzeug.routing.converters import NumberConverter
 
 from course import create_app, tokens
 from course.config import ROOT
@@ -114,9 +115,12 @@ def check(app: Flask, before: tuple[Any, ...], response: Any, what: str) -> None
 
 
 def fill(rule: Any, token: str) -> str:
+    """A URL for ``rule``: 1 for every number in it (ids, lesson positions), ``token`` for
+    every string."""
     values = {}
     for arg in rule.arguments:
-        values[arg] = 1 if arg.endswith("_id") else token
+        numeric = isinstance(rule._converters.get(arg), NumberConverter)
+        values[arg] = 1 if numeric else token
     return rule.build(values)[1]
 
 
