@@ -1,9 +1,11 @@
 """Where the time goes: the tick and the sends of a sample, in-process, under cProfile.
 
 The delivery benchmark says how fast; this says why. It seeds a sample on a fresh
-PostgreSQL database, runs the tick (capturing its batches instead of enqueueing them)
-and then ``send_deliveries`` on every batch against the local SendGrid server, each phase
-under cProfile, and prints the top functions plus the SQL statements each phase ran.
+PostgreSQL database, runs the tick (capturing its send jobs instead of enqueueing them:
+up to 5,000 lessons each) and then ``send_deliveries`` on every job against the local
+SendGrid server, each phase under cProfile, and prints the top functions plus the SQL
+statements each phase ran. It all runs in one process, so it shows neither the work
+horse forked per job nor the other processes (see ``delivery.py`` for those).
 
     python bench/profile_send.py [--subscribers 10000] [--latency 0.05] [--top 25]
 
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             batches: list[list[int]] = []
             result = profiled("tick", lambda: pipeline.tick(enqueue=batches.append),
                               args.top, sql)
-            print(f"tick: created {result.created:,}, {len(batches)} batches")
+            print(f"tick: created {result.created:,}, {len(batches)} send jobs")
             db.session.remove()
 
             def send_all() -> int:
@@ -125,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                     db.session.remove()
                 return sent
 
-            sent = profiled("send_deliveries, every batch", send_all, args.top, sql)
-            print(f"sent: {sent:,} in {len(batches)} batches "
+            sent = profiled("send_deliveries, every job", send_all, args.top, sql)
+            print(f"sent: {sent:,} in {len(batches)} jobs "
                   f"(server latency {args.latency * 1000:.0f} ms per request included)")
             db.engine.dispose()
     return 0
