@@ -116,6 +116,7 @@ def load(env: Mapping[str, str], instance_path: Path) -> dict[str, Any]:
         "CONFIRM_MAX_AGE": _int(env, "CONFIRM_MAX_AGE", 72 * 3600),
         "SIGNUP_RATE_LIMIT": env.get("SIGNUP_RATE_LIMIT") or "10 per hour",
         "LOGIN_RATE_LIMIT": env.get("LOGIN_RATE_LIMIT") or "10 per 15 minutes",
+        "ADMIN_TEST_SEND_LIMIT": env.get("ADMIN_TEST_SEND_LIMIT") or "10 per hour",
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI") or "",
         "RATELIMIT_ENABLED": _bool(env.get("RATELIMIT_ENABLED"), default=True),
         "RATELIMIT_HEADERS_ENABLED": True,
