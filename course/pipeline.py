@@ -47,7 +47,10 @@ BATCH_SIZE = 1000  # deliveries per request: SendGrid takes 1,000 recipients per
 # imports, the rendered lesson, a database connection) once per 5,000 lessons. The job
 # still claims and settles one request's worth at a time (``sending.send_deliveries``).
 JOB_SIZE = 5 * BATCH_SIZE
-JOB_SECONDS = 120  # with a send rate set, about this much sending per job at most
+# With a send rate set, about this much sending per job, so the jobs of one tick spread
+# over every worker and their waits for the shared clock overlap: one worker sending a
+# whole tick alone would leave the clock idle between its requests and fall short of it.
+JOB_SECONDS = 1
 
 Enqueuer = Callable[[list[int]], None]
 
@@ -136,8 +139,7 @@ def _create_due_deliveries(now: datetime, result: TickResult,
 
 def job_size() -> int:
     """Deliveries per send job: ``JOB_SIZE``, or with a send rate set about
-    ``JOB_SECONDS`` of sending (a job must end well within its timeout), never less than
-    one request's worth."""
+    ``JOB_SECONDS`` of sending, never less than one request's worth."""
     rate = float(current_app.config.get("SEND_RATE", 0) or 0)
     if rate <= 0:
         return JOB_SIZE

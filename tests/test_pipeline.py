@@ -314,3 +314,12 @@ def test_a_tick_overtaken_between_its_read_and_its_write_strands_nobody(app):
             Delivery.status.in_([DeliveryStatus.QUEUED, DeliveryStatus.SENDING])))
         assert sub.next_send_at is not None or in_flight, (
             f"stranded at lesson {sub.next_position}: nothing due, nothing in flight")
+
+
+@pytest.mark.parametrize("rate, size", [(0, 5000), (300, 1000), (2500, 2000), (50000, 5000)])
+def test_send_jobs_hold_a_second_of_sending_when_a_rate_is_set(make_app, rate, size):
+    """Without a rate a job packs five requests' worth; with one, about a second of sending,
+    so a tick's jobs spread over the workers and the shared clock never waits for one."""
+    app = make_app(SEND_RATE=rate)
+    with app.app_context():
+        assert pipeline.job_size() == size
