@@ -91,6 +91,34 @@ def test_search_finds_part_of_the_email_or_the_name_in_any_case(app):
     assert 'value="smith"' in html  # the box keeps what was typed
 
 
+def test_the_search_copy_follows_every_change_of_email_and_name(app):
+    """Search reads ``subscriber_search``, which only the database's triggers write: a new
+    subscriber, a changed name or address (an erase, say) and a deleted one all show."""
+    client = signed_in(app)
+    [ann] = add_people(app, [{"email": "ann@example.com", "name": "Ann Smithson"}])
+    assert listed_ids(html_of(client, "/admin/subscribers?q=smithson")) == [ann]
+    with app.app_context():
+        sub = db.session.get(Subscriber, ann)
+        sub.name, sub.email = "Ann Weller", "ann.weller@example.org"
+        db.session.commit()
+    assert listed_ids(html_of(client, "/admin/subscribers?q=smithson")) == []
+    assert listed_ids(html_of(client, "/admin/subscribers?q=weller")) == [ann]
+    with app.app_context():  # sending updates other columns: the copy is left alone
+        db.session.execute(text("UPDATE subscriber SET next_position = 3 WHERE id = :i"),
+                           {"i": ann})
+        db.session.execute(text("UPDATE subscriber_search SET name = 'untouched' "
+                                "WHERE subscriber_id = :i"), {"i": ann})
+        db.session.execute(text("UPDATE subscriber SET status = 'paused', next_position = 4 "
+                                "WHERE id = :i"), {"i": ann})
+        assert db.session.execute(text("SELECT name FROM subscriber_search")).scalar() == (
+            "untouched")
+        db.session.rollback()
+    with app.app_context():
+        db.session.delete(db.session.get(Subscriber, ann))
+        db.session.commit()
+        assert db.session.execute(text("SELECT count(*) FROM subscriber_search")).scalar() == 0
+
+
 def test_a_search_of_fewer_than_three_characters_asks_for_more(app):
     client = signed_in(app)
     add_people(app, [{"email": "ab@example.com", "name": "Ab"}])

@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, Select, and_, bindparam, func, or_, text, 
 from sqlalchemy.orm import InstrumentedAttribute, joinedload
 
 from ..extensions import db
-from ..models import Delivery, DeliveryStatus, Status, Subscriber
+from ..models import Delivery, DeliveryStatus, Status, Subscriber, SubscriberSearch
 from ..timeutil import utcnow
 
 # A delivery claimed this long ago and still "sending" was left by a worker that stopped
@@ -84,9 +84,13 @@ class SubscriberFilter:
     def conditions(self) -> list[ColumnElement[bool]]:
         out: list[ColumnElement[bool]] = []
         if self.search:
+            # Looked up in the trigger-kept copy (see ``SubscriberSearch``), whose trigram
+            # indexes answer it on PostgreSQL.
             pattern = f"%{escape_like(self.search)}%"
-            out.append(or_(Subscriber.email.ilike(pattern, escape="\\"),
-                           Subscriber.name.ilike(pattern, escape="\\")))
+            out.append(Subscriber.id.in_(
+                db.select(SubscriberSearch.subscriber_id).where(or_(
+                    SubscriberSearch.email.ilike(pattern, escape="\\"),
+                    SubscriberSearch.name.ilike(pattern, escape="\\")))))
         if self.status in Status.ALL:
             out.append(Subscriber.status == self.status)
         if self.lesson is not None:
