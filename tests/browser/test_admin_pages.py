@@ -97,3 +97,44 @@ def test_dashboard_draws_its_charts_at_desktop_and_phone_width(site: Site) -> No
     page.get_by_role("button", name="Refresh now").click()
     expect(page.get_by_role("status").filter(has_text="Figures refreshed.")).to_be_visible()
     expect(page.get_by_role("heading", level=1)).to_have_text("Dashboard")
+
+
+def test_every_admin_page_passes_the_page_checks_at_desktop_and_phone_width(site: Site) -> None:
+    """Each page the owner opens, filled with data (a long provider error included): labelled,
+    legible, no outside asset, no sideways scroll on a phone; screenshots of each."""
+    seed(site)
+    with site.app.app_context():
+        sub = db.session.scalar(db.select(Subscriber).where(Subscriber.email == "p1@example.com"))
+        lesson = current_course().lessons[2]
+        db.session.add(Delivery(
+            subscriber_id=sub.id, lesson_slug=lesson.slug, position=lesson.position,
+            status=DeliveryStatus.FAILED, attempts=1, claimed_at=utcnow(),
+            error="400 from SendGrid: " + "the from address does not match a verified "
+                  "Sender Identity; " * 6))
+        db.session.commit()
+        sub_id = sub.id
+    page = site.page()
+    sign_in(page)
+    # An email in the outbox for the outbox pages: the lesson preview's test send.
+    page.goto("/admin/lessons/1")
+    page.get_by_role("button", name=re.compile("Send me a test")).click()
+    expect(page.get_by_role("status")).to_contain_text(ADMIN)
+    pages = {
+        "40-admin-subscribers-filtered": "/admin/subscribers?status=active&sort=email",
+        "41-admin-subscriber-actions": f"/admin/subscribers/{sub_id}",
+        "42-admin-deliveries": "/admin/deliveries",
+        "43-admin-webhooks": "/admin/webhooks",
+        "44-admin-export": "/admin/export",
+        "45-admin-outbox": "/admin/outbox",
+        "46-admin-lessons": "/admin/lessons",
+    }
+    for name, path in pages.items():
+        page.set_viewport_size(DESKTOP)
+        response = page.goto(path)
+        assert response is not None and response.status == 200, path
+        site.check(page, name)
+    page.set_viewport_size(DESKTOP)
+    page.goto("/admin/outbox")
+    page.locator("main a[href^='/admin/outbox/']").first.click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("[Test]")
+    site.check(page, "47-admin-outbox-message")
