@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import re
 import subprocess
@@ -35,11 +34,11 @@ from typing import IO
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psutil
 import requests
 import sqlalchemy as sa
 
 from bench import procs, seed
+from bench.host import machine
 from bench.procs import log
 
 SECRET_KEY = "bench-secret-key-that-is-long-enough-for-production-checks"
@@ -384,26 +383,6 @@ def time_pages(session: requests.Session, base: str, pages: dict[str, Callable[[
 
 # --- the report -------------------------------------------------------------------------
 
-
-def machine(engine: sa.Engine) -> dict[str, str]:
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    with engine.connect() as c:
-        pg = str(c.execute(sa.text("SHOW server_version")).scalar_one()).split()[0]
-    return {
-        "cpu": model,
-        "cores": f"{psutil.cpu_count(logical=False)} physical, {psutil.cpu_count()} logical",
-        "ram": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
-        "os": f"{platform.system()} {platform.release()}",
-        "software": f"Python {platform.python_version()}, PostgreSQL {pg}",
-        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
 
 
 def _busy_warning(load: str) -> list[str]:

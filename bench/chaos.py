@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import sys
 import tempfile
@@ -21,10 +20,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import psutil
 import sqlalchemy as sa
 from flask import Flask
 
+from bench import host
 from course import create_app
 from course.extensions import db
 from tests.chaos_scenario import ChaosSettings, run_chaos
@@ -32,20 +31,9 @@ from tests.conftest import PG_ADMIN_URL, REDIS_URL, base_config
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = psutil.virtual_memory().total / 2**30
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"machine: {model}, {psutil.cpu_count(logical=False)} cores / "
-            f"{psutil.cpu_count()} threads, {ram:.1f} GiB RAM, {platform.system()} "
-            f"{platform.release()}, Python {platform.python_version()}; load average {load}")
-
+    info = host.machine()
+    return (f"machine: {info['cpu']}, {info['cores']}, {info['ram']} RAM, {info['os']}, "
+            f"{info['software']}; load average {info['load']}")
 
 def log(message: str) -> None:
     print(f"[chaos {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

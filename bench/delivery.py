@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -40,6 +39,7 @@ from rq.registry import StartedJobRegistry
 
 from bench import procs, seed
 from bench.baseline import BaselineResult, run_baseline
+from bench.host import machine
 from bench.procs import log
 
 API_KEY = "SG.bench-key"
@@ -362,32 +362,6 @@ def server_stats(url: str) -> dict[str, int]:
     with urllib.request.urlopen(f"{url}/_stats", timeout=10) as response:
         return dict(json.load(response))
 
-
-def machine(engine: sa.Engine, conn: Redis) -> dict[str, str]:
-    """What the figures were measured on."""
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    with engine.connect() as c:
-        pg = str(c.execute(sa.text("SHOW server_version")).scalar_one()).split()[0]
-    import rq
-    import sendgrid
-
-    return {
-        "cpu": model,
-        "cores": f"{psutil.cpu_count(logical=False)} physical, {psutil.cpu_count()} logical",
-        "ram": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
-        "os": f"{platform.system()} {platform.release()}",
-        "software": (f"Python {platform.python_version()}, PostgreSQL {pg}, "
-                     f"Redis {conn.info('server')['redis_version']}, RQ {rq.__version__}, "
-                     f"sendgrid {sendgrid.__version__}"),
-        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
 
 
 def _job_lines(durations: list[float]) -> list[str]:

@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from redis import Redis
 
 from . import procs, seed
+from .host import machine
 from .procs import log
 
 SECRET_KEY = "bench-secret-key-that-is-long-enough-for-production-checks"
@@ -220,19 +221,6 @@ def flush_all(app: Any) -> tuple[int, float]:
             stored += tracking_buffer.flush()
         return stored, time.perf_counter() - t
 
-
-def machine() -> dict[str, str]:
-    model = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return {
-        "cpu": model,
-        "cores": f"{psutil.cpu_count(logical=False)} physical, {psutil.cpu_count()} logical",
-        "ram": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
-        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
 
 
 def start_redis(tmp: Path, logfile: IO[bytes]) -> tuple[subprocess.Popen[bytes], str, str]:

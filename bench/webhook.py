@@ -21,7 +21,6 @@ import base64
 import http.client
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -34,12 +33,12 @@ from typing import IO, Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psutil
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from bench import procs, seed
+from bench.host import machine
 from bench.procs import log
 
 SECRET_KEY = "bench-secret-key-that-is-long-enough-for-production-checks"
@@ -164,25 +163,6 @@ def start_gunicorn(workers: int, env: dict[str, str],
     procs.stop(server)
     raise RuntimeError("gunicorn did not start within 60 s")
 
-
-def machine(engine: sa.Engine) -> dict[str, str]:
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    with engine.connect() as c:
-        pg = str(c.execute(sa.text("SHOW server_version")).scalar_one()).split()[0]
-    return {
-        "cpu": model,
-        "cores": f"{psutil.cpu_count(logical=False)} physical, {psutil.cpu_count()} logical",
-        "ram": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
-        "software": f"Python {platform.python_version()}, PostgreSQL {pg}",
-        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
