@@ -15,7 +15,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,7 +27,7 @@ from sqlalchemy import and_, bindparam, select, text, update
 
 from . import sendstate, tokens, webhooks_out
 from .content import current_course
-from .extensions import affected_rows, db, id_in
+from .extensions import db, id_in
 from .lessons import Course
 from .mail import (
     AuthError,
@@ -485,18 +485,27 @@ def sweep_stale_sending(now: datetime) -> int:
     return len(ids)
 
 
-def resend(ids: Sequence[int]) -> int:
-    """Put failed, unknown or stuck deliveries back in the queue (an admin's decision)."""
-    count = affected_rows(db.session.execute(
+def resend(ids: Sequence[int],
+           before_commit: Callable[[list[tuple[int, int, int]]], None] | None = None) -> int:
+    """Put failed, unknown or stuck deliveries back in the queue (an admin's decision).
+
+    ``before_commit`` is given the (delivery id, subscriber id, position) of each delivery
+    actually requeued, inside the same transaction, so what it adds (the audit log) is
+    committed with the requeue and names exactly the deliveries that changed.
+    """
+    requeued = [(i, s, p) for i, s, p in db.session.execute(
         update(Delivery)
         .where(Delivery.id.in_(list(ids)),
                Delivery.status.in_([DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN,
                                     DeliveryStatus.SENDING]))
         .values(status=DeliveryStatus.QUEUED, attempts=0, error="", enqueued_at=None)
+        .returning(Delivery.id, Delivery.subscriber_id, Delivery.position)
         .execution_options(synchronize_session=False)
-    ))
+    )]
+    if before_commit is not None and requeued:
+        before_commit(requeued)
     db.session.commit()
-    return count
+    return len(requeued)
 
 
 def warm_up_worker() -> None:

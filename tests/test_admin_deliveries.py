@@ -419,3 +419,17 @@ def test_resume_when_not_paused_changes_nothing(admin):
     resp = admin.post("/admin/sending/resume", data={"csrf_token": token(admin)},
                       follow_redirects=True)
     assert "Sending was not paused." in resp.get_data(as_text=True)
+
+
+def test_resend_hands_exactly_the_requeued_rows_to_the_audit_before_committing(app, problems):
+    """A delivery that changed state after the admin's page was drawn is not requeued, and
+    so not audited: the audit names what the UPDATE changed, not what was asked for."""
+    from course.sending import resend
+
+    seen: list[tuple[int, int, int]] = []
+    with app.app_context():
+        count = resend([problems["failed"], problems["sent"], problems["queued"]],
+                       before_commit=seen.extend)
+    assert count == 1
+    assert seen == [(problems["failed"], problems["ann"], 1)]
+    assert delivery(app, problems["failed"])[0] == DeliveryStatus.QUEUED

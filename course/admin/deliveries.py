@@ -117,16 +117,14 @@ def _resend(ids: list[int]) -> Response:
               "provider's activity log first, then tick “I checked: it was not delivered” "
               "and try again.", "error")
         return redirect(_back())
-    if eligible:
+
+    def audited(requeued: list[tuple[int, int, int]]) -> None:
         # Each resend is an admin's decision about one subscriber: it goes in their audit
-        # log, in the same transaction as the requeue (``resend`` commits both).
-        for delivery_id, subscriber_id, position in db.session.execute(
-            db.select(Delivery.id, Delivery.subscriber_id, Delivery.position)
-            .where(Delivery.id.in_(sorted(eligible)))
-        ):
-            audit.record(subscriber_id, "resend", position=position,
-                         was=eligible[delivery_id])
-    count = resend(sorted(eligible)) if eligible else 0
+        # log, in the same transaction as the requeue.
+        for delivery_id, subscriber_id, position in requeued:
+            audit.record(subscriber_id, "resend", position=position, was=eligible[delivery_id])
+
+    count = resend(sorted(eligible), before_commit=audited) if eligible else 0
     skipped = len(set(ids)) - count
     if count:
         log.warning("admin %s requeued %d deliveries (%d unknown or stuck)",
