@@ -259,26 +259,36 @@ def deliver(webhook_id: int) -> str:
     return SENT if error is None else FAILED
 
 
-def requeue_lost(older_than: timedelta = timedelta(minutes=10), limit: int = 1000) -> int:
-    """Enqueue pending rows whose job Redis lost (flushed, or down when they were made)."""
+def requeue_lost(older_than: timedelta = timedelta(minutes=10), page: int = 1000) -> int:
+    """Enqueue pending rows whose job Redis lost (flushed, or down when they were made).
+
+    Walks every pending row older than ``older_than``, ``page`` ids at a time, so lost
+    rows behind a thousand healthy ones (a receiver slow to answer) are found as well.
+    """
     cutoff = utcnow() - older_than
-    ids = db.session.execute(
-        db.select(OutgoingWebhook.id)
-        .where(OutgoingWebhook.status == PENDING, OutgoingWebhook.created_at < cutoff)
-        .order_by(OutgoingWebhook.id).limit(limit)
-    ).scalars().all()
-    db.session.commit()
-    if not ids:
-        return 0
     conn = queue.redis_connection()
-    jobs = Job.fetch_many([_job_id(i) for i in ids], connection=conn)
     alive = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
-    lost = [i for i, job in zip(ids, jobs, strict=True)
-            if job is None or job.get_status(refresh=False) not in alive]
-    if lost:
-        enqueue(lost)
-        log.info("re-enqueued %d outgoing webhooks Redis had lost", len(lost))
-    return len(lost)
+    lost_total, after = 0, 0
+    while True:
+        ids = db.session.execute(
+            db.select(OutgoingWebhook.id)
+            .where(OutgoingWebhook.status == PENDING, OutgoingWebhook.created_at < cutoff,
+                   OutgoingWebhook.id > after)
+            .order_by(OutgoingWebhook.id).limit(page)
+        ).scalars().all()
+        db.session.commit()
+        if not ids:
+            break
+        after = ids[-1]
+        jobs = Job.fetch_many([_job_id(i) for i in ids], connection=conn)
+        lost = [i for i, job in zip(ids, jobs, strict=True)
+                if job is None or job.get_status(refresh=False) not in alive]
+        if lost:
+            enqueue(lost)
+            lost_total += len(lost)
+    if lost_total:
+        log.info("re-enqueued %d outgoing webhooks Redis had lost", lost_total)
+    return lost_total
 
 
 def failed_webhooks(limit: int = 50) -> list[OutgoingWebhook]:

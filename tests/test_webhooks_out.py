@@ -197,7 +197,8 @@ def test_rows_whose_job_redis_lost_are_sent_later(hook_app: Flask, receiver, red
         for row in rows():
             row.created_at = utcnow() - timedelta(minutes=11)
         db.session.commit()
-        assert webhooks_out.requeue_lost() == 2
+        # A page of one: the second lost row is found past the first all the same.
+        assert webhooks_out.requeue_lost(page=1) == 2
         assert webhooks_out.requeue_lost() == 0  # queued now: not enqueued twice
         run_jobs(hook_app)
         assert {w.status for w in rows()} == {"sent"}
