@@ -134,6 +134,10 @@ def test_the_status_and_search_filters_choose_the_rows(admin):
     assert [r["email"] for r in parse(download(admin, status="paused", q="EXAMPLE.ORG"))] == [
         "bobby@example.org"]
     assert [r["email"] for r in parse(download(admin, q="%"))] == []  # a literal percent
+    with admin.application.app_context():
+        add("carol@example.net", name="Carol Bobson")
+    # As in the subscribers list: part of the email or of the name.
+    assert [r["email"] for r in parse(download(admin, q="bobs"))] == ["carol@example.net"]
 
 
 def test_an_unknown_status_is_a_400_page_not_everyone(admin):

@@ -25,7 +25,7 @@ from ..extensions import db, id_in
 from ..models import Delivery, Status, Subscriber
 from ..timeutil import utcnow
 from . import bp
-from .queries import escape_like, status_counts
+from .queries import SubscriberFilter, status_counts
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ def _csv(status: str, search: str) -> Iterator[str]:
         stmt = db.select(*COLUMNS).where(Subscriber.id > last_id)
         if status:
             stmt = stmt.where(Subscriber.status == status)
-        if search:
-            stmt = stmt.where(Subscriber.email.ilike(f"%{escape_like(search)}%", escape="\\"))
+        if search:  # the same "email or name contains" as the subscribers list
+            stmt = stmt.where(*SubscriberFilter(search=search).conditions())
         rows = db.session.execute(stmt.order_by(Subscriber.id).limit(CHUNK)).all()
         if not rows:
             break
