@@ -436,11 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mc-bench-")))
         logfile = stack.enter_context(open(tmp / "processes.log", "wb"))
-        db_name, db_url = seed.create_database(args.pg_admin_url)
-        if args.keep_db:
-            stack.callback(log, f"kept database {db_url}")
-        else:
-            stack.callback(seed.drop_database, db_name, args.pg_admin_url)
+        db_name, db_url = seed.throwaway_database(stack, args.pg_admin_url, args.keep_db)
         log(f"database {db_name}: migrating")
         env = app_env(args, db_url, tmp)
         seed.migrate({"ENV": env})

@@ -185,11 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"flushing Redis {args.redis_url}")
         conn.flushdb()
         stack.callback(conn.flushdb)
-        db_name, db_url = seed.create_database(args.pg_admin_url)
-        if args.keep_db:
-            stack.callback(log, f"kept database {db_url}")
-        else:
-            stack.callback(seed.drop_database, db_name, args.pg_admin_url)
+        db_name, db_url = seed.throwaway_database(stack, args.pg_admin_url, args.keep_db)
         log(f"database {db_name}: migrating")
         server, server_url = procs.start_sendgrid_server(args.latency, logfile)
         stack.callback(procs.stop, [server])

@@ -99,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mc-prof-")))
         logfile = stack.enter_context(open(tmp / "server.log", "wb"))
-        name, db_url = seed.create_database(args.pg_admin_url)
-        stack.callback(seed.drop_database, name, args.pg_admin_url)
+        name, db_url = seed.throwaway_database(stack, args.pg_admin_url)
         server, url = procs.start_sendgrid_server(args.latency, logfile)
         stack.callback(procs.stop, [server])
         env = app_env(argparse.Namespace(redis_url=args.redis_url), db_url, url, tmp)

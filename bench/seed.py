@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,6 +34,20 @@ def create_database(admin_url: str = PG_ADMIN_URL) -> tuple[str, str]:
     finally:
         admin.dispose()
     return name, re.sub(r"/[^/]+$", f"/{name}", admin_url)
+
+
+def throwaway_database(stack: ExitStack, admin_url: str = PG_ADMIN_URL,
+                       keep: bool = False) -> tuple[str, str]:
+    """``create_database``, dropped when ``stack`` closes unless ``keep`` (then its URL
+    is printed for inspection). Returns its name and URL."""
+    from bench.procs import log
+
+    name, url = create_database(admin_url)
+    if keep:
+        stack.callback(log, f"kept database {url}")
+    else:
+        stack.callback(drop_database, name, admin_url)
+    return name, url
 
 
 def drop_database(name: str, admin_url: str = PG_ADMIN_URL) -> None:

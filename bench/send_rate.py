@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mc-rate-")))
         logfile = stack.enter_context(open(tmp / "processes.log", "wb"))
         stack.callback(conn.flushdb)
-        db_name, db_url = seed.create_database(args.pg_admin_url)
-        stack.callback(seed.drop_database, db_name, args.pg_admin_url)
+        db_name, db_url = seed.throwaway_database(stack, args.pg_admin_url)
         server, server_url = procs.start_sendgrid_server(args.latency, logfile)
         stack.callback(procs.stop, [server])
         env = {**app_env(argparse.Namespace(redis_url=args.redis_url), db_url, server_url, tmp),

@@ -174,11 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mc-bench-wh-")))
         logfile = stack.enter_context(open(tmp / "gunicorn.log", "wb"))
-        db_name, db_url = seed.create_database(args.pg_admin_url)
-        if args.keep_db:
-            stack.callback(log, f"kept database {db_url}")
-        else:
-            stack.callback(seed.drop_database, db_name, args.pg_admin_url)
+        db_name, db_url = seed.throwaway_database(stack, args.pg_admin_url, args.keep_db)
         env = dict(DATABASE_URL=db_url, SECRET_KEY=SECRET_KEY, MINICOURSE_ENV="development",
                    MAIL_BACKEND="outbox", MAIL_FROM="course@bench.example.org",
                    BASE_URL="https://course.bench.example.org",
