@@ -1,5 +1,7 @@
 # Everything a newcomer needs, in a private virtualenv (.venv) that make creates and keeps
-# up to date: it reinstalls only when pyproject.toml changes.
+# up to date: it reinstalls only when pyproject.toml changes. `make run` installs only what
+# running needs (pip install -e .); `make test` adds the test tools ('.[test]': pytest,
+# Playwright, Hypothesis...), and `make lint` the linters ('.[dev]').
 #
 #   make run     migrate, create an admin, run web + worker + cron (Ctrl-C stops them)
 #   make test    start Redis and PostgreSQL if needed, then run the tests (PYTEST_ARGS=...)
@@ -7,7 +9,8 @@
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
-INSTALLED := $(VENV)/.installed-test
+INSTALLED_RUN := $(VENV)/.installed-run
+INSTALLED_TEST := $(VENV)/.installed-test
 INSTALLED_DEV := $(VENV)/.installed-dev
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 PORT ?=
@@ -27,18 +30,24 @@ $(BIN)/python:
 	@py="$$(bash scripts/find-python.sh)" && echo "Creating $(VENV) with $$py" \
 	  && "$$py" -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
 
-$(INSTALLED): pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[test]'
+# Each stamp says "this set is installed for this pyproject.toml"; the test and dev sets
+# include the running one, so they renew its stamp too.
+$(INSTALLED_RUN): pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
 	@touch $@
 
-$(INSTALLED_DEV): pyproject.toml $(INSTALLED)
+$(INSTALLED_TEST): pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[test]'
+	@touch $@ $(INSTALLED_RUN)
+
+$(INSTALLED_DEV): pyproject.toml $(INSTALLED_TEST)
 	$(PIP) install -e '.[dev]'
 	@touch $@
 
-run: $(INSTALLED)
+run: $(INSTALLED_RUN)
 	$(BIN)/flask --app wsgi dev $(if $(PORT),--port $(PORT))
 
-test: $(INSTALLED)
+test: $(INSTALLED_TEST)
 	@bash scripts/services.sh
 	@$(BIN)/python -m pytest $(PYTEST_ARGS) || { rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest ran no tests, which counts as a failure" >&2; fi; \
@@ -47,14 +56,14 @@ test: $(INSTALLED)
 lint: $(INSTALLED_DEV)
 	$(BIN)/ruff check .
 
-web: $(INSTALLED)
+web: $(INSTALLED_RUN)
 	$(BIN)/flask --app wsgi db upgrade
 	$(BIN)/flask --app wsgi run --host 127.0.0.1 --port $(or $(PORT),5000)
 
-worker: $(INSTALLED)
+worker: $(INSTALLED_RUN)
 	$(BIN)/python -m workers.worker
 
-cron: $(INSTALLED)
+cron: $(INSTALLED_RUN)
 	$(BIN)/rq cron workers/cron.py --url "$${REDIS_URL:-redis://127.0.0.1:6379/0}"
 
 clean:
