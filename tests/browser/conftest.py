@@ -37,7 +37,13 @@ from flask import Flask
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, Route, sync_playwright
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from .pagecheck import A11Y_JS, FITS_WIDTH_JS, TEXT_COLOURS_JS, low_contrast
+from .pagecheck import (
+    A11Y_JS,
+    FITS_WIDTH_JS,
+    TEXT_COLOURS_JS,
+    labels_running_into_values,
+    low_contrast,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -169,6 +175,8 @@ class Site:
         page.set_viewport_size(PHONE)
         try:
             assert page.evaluate(FITS_WIDTH_JS), f"{name}: scrolls sideways at phone width"
+            crowded = labels_running_into_values(page)
+            assert not crowded, f"{name}, phone width: " + "; ".join(crowded)
             self.screenshots.take(page, name, "phone")
         finally:
             page.set_viewport_size(DESKTOP)

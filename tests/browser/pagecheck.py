@@ -173,3 +173,81 @@ def low_contrast(items: list[dict[str, Any]]) -> list[LowContrast]:
         if ratio < MIN_CONTRAST:
             found.append(LowContrast(item["what"], ratio))
     return found
+
+
+# The labelled cells of tables shown as cards at phone width (td[data-label]), in document
+# order: each cell's label, whether the label's text overflows its box (measured on a
+# hidden copy styled as the ::before is: the page cannot measure the pseudo-element's own
+# text), and the boxes of its contents (text lines and inline elements).
+CELL_VALUES_JS = """
+() => [...document.querySelectorAll("td[data-label]")].map((td) => {
+  const range = document.createRange();
+  range.selectNodeContents(td);
+  const style = getComputedStyle(td, "::before");
+  let overflows = false;
+  if (style.content !== "none" && td.getClientRects().length) {
+    const probe = document.createElement("div");
+    for (const prop of ["font", "letter-spacing", "white-space", "overflow-wrap", "word-break",
+                        "box-sizing", "width", "padding-left", "padding-right"]) {
+      probe.style.setProperty(prop, style.getPropertyValue(prop));
+    }
+    Object.assign(probe.style, {position: "absolute", visibility: "hidden", left: "0", top: "0"});
+    probe.textContent = td.dataset.label;
+    document.body.append(probe);
+    overflows = probe.scrollWidth > probe.clientWidth;
+    probe.remove();
+  }
+  return {
+    label: td.dataset.label,
+    overflows,
+    value: (td.innerText || "").trim().slice(0, 40),
+    rects: [...range.getClientRects()].filter((r) => r.width > 0 && r.height > 0)
+      .map((r) => [r.left, r.top, r.right, r.bottom]),
+  };
+})
+"""
+MIN_LABEL_GAP = 4  # CSS pixels between the end of a cell's label and its value
+
+
+def _labelled_cell_befores(node: dict[str, Any], found: list[int | None]) -> None:
+    """The ::before node id of every td[data-label] under ``node``, in document order."""
+    if node.get("localName") == "td" and "data-label" in node.get("attributes", [])[::2]:
+        before = [p["nodeId"] for p in node.get("pseudoElements", [])
+                  if p.get("pseudoType") == "before"]
+        found.append(before[0] if before else None)
+    for child in node.get("children", []):
+        _labelled_cell_befores(child, found)
+
+
+def labels_running_into_values(page: Any) -> list[str]:
+    """Labelled table cells whose value does not keep clear of its label, as sentences.
+
+    The label is the cell's ::before, which a page's script cannot measure, so its box is
+    read through Chromium's DevTools protocol; the value's boxes come from a Range over the
+    cell's contents. The label's text must fit its box, and every box of the value must
+    start right of that box, so a long label never runs into the value and a value's
+    second line never slips under the label.
+    """
+    cells = page.evaluate(CELL_VALUES_JS)
+    if not cells:
+        return []
+    cdp = page.context.new_cdp_session(page)
+    try:
+        befores: list[int | None] = []
+        _labelled_cell_befores(cdp.send("DOM.getDocument", {"depth": -1})["root"], befores)
+        assert len(befores) == len(cells), "the DOM and the page disagree on the cells"
+        problems = []
+        for cell, before in zip(cells, befores, strict=True):
+            if before is None or not cell["rects"]:
+                continue  # no label shown, or nothing in the cell
+            if cell["overflows"]:
+                problems.append(f'"{cell["label"]}" is wider than its label column')
+            quad = cdp.send("DOM.getBoxModel", {"nodeId": before})["model"]["content"]
+            label_right = max(quad[0::2])
+            left = min(rect[0] for rect in cell["rects"])
+            if left < label_right + MIN_LABEL_GAP:
+                problems.append(f'"{cell["label"]}" runs into "{cell["value"]}" '
+                                f"(value at {left:.0f} px, label ends at {label_right:.0f} px)")
+        return problems
+    finally:
+        cdp.detach()
