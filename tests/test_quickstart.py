@@ -1,9 +1,12 @@
 """The README's quick start works from a clean checkout.
 
 ``flask --app wsgi dev`` (what ``make run`` ends in) is run on a copy of the working tree
-with no Redis reachable, so it must start its own embedded one; a visitor signs up on
-the landing page and the confirmation email lands in the outbox, sent by the real worker;
-Ctrl-C then stops web, worker, cron and the embedded Redis, and the command exits 0.
+with no Redis reachable, so it must start its own embedded one. Once web, worker and cron
+are up, the last lines on the screen say where to sign in, with the one-time password, and
+they stay the last lines while the system idles: routine jobs (the tracking flush every
+5 s, the tick) log below INFO. Then a visitor signs up on the landing page and the
+confirmation email lands in the outbox, sent by the real worker; Ctrl-C then stops web,
+worker, cron and the embedded Redis, and the command exits 0.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ CONFIG_VARS = (
 NOTHING_LISTENS = "redis://127.0.0.1:1/0"
 CSRF_RE = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
 EMBEDDED_RE = re.compile(r"started an embedded one at unix://(\S+)")
+LOGIN_RE = re.compile(r"Admin login: (http://\S+/admin/login) as (\S+) with password (\S+) ")
+READY = "| Ready: web, worker and cron are running."
+IDLE_SECONDS = 12  # two tracking flushes (every 5 s) and the first tick's aftermath
 T = TypeVar("T")
 
 
@@ -177,10 +183,36 @@ def still_running(procs: list[psutil.Process]) -> list[psutil.Process]:
     return running
 
 
+def ready_banner(run: DevRun) -> Callable[[], list[str] | None]:
+    """The log's lines from the "Ready" line on, once it has been printed."""
+    def probe() -> list[str] | None:
+        lines = run.output().splitlines()
+        starts = [i for i, line in enumerate(lines) if READY in line]
+        return lines[starts[0]:] if starts else None
+
+    return probe
+
+
 def test_quick_start_runs_signup_to_confirmation_email_and_stops_cleanly_on_ctrl_c(
     dev_run: DevRun, dev_env: dict[str, str]
 ) -> None:
     proc, base = dev_run.proc, dev_run.base
+    # No request yet: the web server would log it. The banner's end comes when all is up.
+    wait_for("the ready banner", ready_banner(dev_run), 90, dev_run)
+    time.sleep(IDLE_SECONDS)
+    tail = ready_banner(dev_run)() or []
+    first_login = LOGIN_RE.search(dev_run.output())
+    assert first_login, f"no admin login line with a password:\n{dev_run.output()}"
+    url, email_address, password = first_login.groups()
+    assert url == f"{base}/admin/login" and email_address == "admin@example.com"
+    assert len(tail) == 2, (
+        f"after the ready banner, {IDLE_SECONDS} s of idling printed more lines:\n"
+        + "\n".join(tail[2:])
+    )
+    assert LOGIN_RE.search(tail[1]), tail
+    assert LOGIN_RE.search(tail[1]).groups() == (url, email_address, password), tail  # type: ignore[union-attr]
+    assert f"admin reset {email_address}" in tail[1], "the last line says how to get a new one"
+
     wait_for("landing page", landing_page(base + "/"), 60, dev_run)
     embedded = EMBEDDED_RE.search(dev_run.output())
     assert embedded, f"the log does not say an embedded Redis was started:\n{dev_run.output()}"

@@ -10,7 +10,10 @@ is only wasted effort, never a second email.
 from rq import cron
 
 from course.queue import TICK_QUEUE
+from workers.routine_logs import quiet_routine_jobs
 from workers.tasks import flush_tracking, requeue_webhooks, tick
+
+quiet_routine_jobs()  # "Enqueued job flush_tracking ..." every 5 s is logged at DEBUG
 
 cron.register(tick, queue_name=TICK_QUEUE, interval=60, job_timeout=300, result_ttl=600,
               ttl=120)

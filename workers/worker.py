@@ -20,6 +20,7 @@ from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 
 from course.queue import QUEUES
+from workers import routine_logs
 
 
 class AppContextMixin:
@@ -32,12 +33,13 @@ class AppContextMixin:
             app = create_app()
         self.app = app
         self._app_pid = os.getpid()
+        routine_logs.quiet_routine_jobs()
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
 
     def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
         from course.extensions import db
 
-        with self.app.app_context():
+        with self.app.app_context(), routine_logs.running(job.func_name):
             if os.getpid() != self._app_pid:
                 # A forked work horse: drop pooled connections inherited from the parent.
                 db.engine.dispose(close=False)
