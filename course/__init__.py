@@ -101,3 +101,7 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(tracking_bp)
     app.register_blueprint(admin_bp, url_prefix="/admin")
     app.register_blueprint(webhooks_bp, url_prefix="/webhooks")
+    # Browsers ask every site for /favicon.ico, whatever its pages link to (they link to
+    # the SVG one); both are in static/.
+    app.add_url_rule("/favicon.ico", "favicon",
+                     lambda: app.send_static_file("favicon.ico"))
