@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from course.lessons import CourseError, load_course
+from tests.outside import need_file
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS = ROOT / "lessons"
@@ -51,9 +52,8 @@ def test_lessons_follow_the_articles_tips_in_order():
 
 
 def test_lessons_are_in_our_own_words_not_copied_from_the_article():
-    if not SEED.exists():
-        pytest.fail(f"seed article missing at {SEED}")
-    article = " ".join(SEED.read_text(encoding="utf-8").lower().split())
+    seed = need_file(SEED, "the seed article the lessons were written from")
+    article = " ".join(seed.read_text(encoding="utf-8").lower().split())
     for lesson in load_course(LESSONS).lessons:
         words = lesson.body.lower().split()
         copied = [

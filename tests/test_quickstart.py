@@ -15,7 +15,6 @@ import email
 import email.policy
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -30,9 +29,10 @@ import psutil
 import pytest
 import requests
 
+from tests.helpers import copy_working_tree
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 # Settings a developer's shell may carry that would point the copy somewhere else.
 CONFIG_VARS = (
     "DATABASE_URL", "REDIS_URL", "BASE_URL", "MAIL_BACKEND", "MAIL_FROM", "OUTBOX_DIR",
@@ -47,19 +47,6 @@ LOGIN_RE = re.compile(r"Admin login: (http://\S+/admin/login) as (\S+) with pass
 READY = "| Ready: web, worker and cron are running."
 IDLE_SECONDS = 12  # two tracking flushes (every 5 s) and the first tick's aftermath
 T = TypeVar("T")
-
-
-def copy_working_tree(dest: Path) -> None:
-    """What a clean clone of this work would hold: tracked and untracked-not-ignored files."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, check=True, capture_output=True,
-    ).stdout.decode().split("\0")
-    for rel in filter(None, listed):
-        src = ROOT / rel
-        if src.is_file():  # a tracked file deleted in the work tree is still listed
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
 
 
 def free_port() -> int:

@@ -37,6 +37,8 @@ from flask import Flask
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, Route, sync_playwright
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from tests.outside import need_file
+
 from .pagecheck import (
     A11Y_JS,
     FITS_WIDTH_JS,
@@ -66,8 +68,7 @@ def playwright() -> Iterator[Playwright]:
 
 @pytest.fixture(scope="package")
 def browser(playwright: Playwright) -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
+    need_file(Path(CHROMIUM), "Chromium (apt-get install chromium, as .ci/run does)")
     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
                                          headless=True)
     yield browser
