@@ -1,1 +1,1 @@
-"""Benchmarks: run them as scripts (``python bench/delivery.py``); see bench/README.md."""
+"""Benchmarks: run each as a module, ``python -m bench.NAME``; see bench/README.md."""

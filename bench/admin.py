@@ -8,7 +8,7 @@ configured through the environment as in production), signs in as an admin throu
 login form (session cookie and CSRF token), and times each page: p50, p95 and max over
 --requests requests after a warm-up, with PASS or FAIL against 300 ms at p95.
 
-    python bench/admin.py [--subscribers 1000000] [--requests 50] [--keep-db]
+    python -m bench.admin [--subscribers 1000000] [--requests 50] [--keep-db]
                           [--pg-admin-url URL]
 
 Progress goes to stderr, the report to stdout. See bench/README.md.
@@ -30,9 +30,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import requests
 import sqlalchemy as sa
@@ -85,7 +82,8 @@ class Timing:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.admin",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--subscribers", type=int, default=1_000_000)
     p.add_argument("--requests", type=int, default=50, help="timed requests per page")
     p.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")

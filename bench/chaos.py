@@ -40,7 +40,8 @@ def log(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.chaos",
+                                     description=__doc__.split("\n", 1)[0])
     parser.add_argument("--subscribers", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--job-size", type=int, default=500,

@@ -5,7 +5,7 @@ Seeds N due subscribers on a fresh PostgreSQL database, starts the local SendGri
 the tick, and times until every delivery is ``sent``; then runs the naive way (one RQ job
 and one API call per email, official client) on a sample, and prints both and the ratio.
 
-    python bench/delivery.py [--subscribers 100000] [--workers 2] [--latency 0.05]
+    python -m bench.delivery [--subscribers 100000] [--workers 2] [--latency 0.05]
                              [--baseline 2000] [--keep-db] [--redis-url URL]
 
 Progress goes to stderr, the report to stdout. See bench/README.md.
@@ -26,9 +26,6 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
 from typing import IO, Any
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
 import sqlalchemy as sa
@@ -145,7 +142,8 @@ def _cpu_of(pid: int) -> float | None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.delivery",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--subscribers", type=int, default=100_000)
     # Two per core, as the README advises for production: a worker waiting on the API's
     # answer leaves its core to another. The baseline gets the same number.

@@ -7,7 +7,7 @@ SendGrid server, each phase under cProfile, and prints the top functions plus th
 statements each phase ran. It all runs in one process, so it shows neither the work
 horse forked per job nor the other processes (see ``delivery.py`` for those).
 
-    python bench/profile_send.py [--subscribers 10000] [--latency 0.05] [--top 25]
+    python -m bench.profile_send [--subscribers 10000] [--latency 0.05] [--top 25]
 
 ``--top 0`` skips cProfile and only times each phase (wall and CPU), for true proportions.
 """
@@ -19,16 +19,12 @@ import cProfile
 import io
 import os
 import pstats
-import sys
 import tempfile
 import time
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sqlalchemy as sa
 from redis import Redis
@@ -86,7 +82,8 @@ def profiled(label: str, func: Any, top: int, sql: SQLCounter) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.profile_send",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--subscribers", type=int, default=10_000)
     p.add_argument("--latency", type=float, default=0.05)
     p.add_argument("--top", type=int, default=25,

@@ -21,18 +21,16 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import sqlalchemy as sa
+from redis import Redis
 
-import sqlalchemy as sa  # noqa: E402
-from redis import Redis  # noqa: E402
-
-from bench import procs, seed  # noqa: E402
-from bench.delivery import API_KEY, app_env, machine, server_stats  # noqa: E402
+from bench import procs, seed
+from bench.delivery import API_KEY, app_env, machine, server_stats
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.send_rate",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=300.0, help="SEND_RATE, messages/s")
     parser.add_argument("--subscribers", type=int, default=4500)
     parser.add_argument("--workers", type=int, default=3)

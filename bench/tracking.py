@@ -2,10 +2,11 @@
 
 ``python -m bench.tracking`` starts gunicorn on a free port (its own processes, as in
 production) on a fresh, migrated PostgreSQL database with real lesson deliveries and a
-private redis-server, then drives it with ``wrk`` (``apt-get install wrk``) from another
-process: the trivial ``/healthz`` endpoint, the pixel and the click redirect in turn, with
-signed tokens for many deliveries; once as deployed (valid hits answered by
-``course.tracking_fast`` in front of Flask) and once through the Flask views alone. It
+private redis-server, then drives it with ``wrk`` from another process (both installed
+from Debian's packages when missing: ``bench/tools.py``): the trivial ``/healthz``
+endpoint, the pixel and the click redirect in turn, with signed tokens for many
+deliveries; once as deployed (valid hits answered by ``course.tracking_fast`` in front of
+Flask) and once through the Flask views alone. It
 prints requests/s, p50/p99 latency, each endpoint's ratio to ``/healthz`` in the same run
 and gunicorn's CPU per request, with the machine and its load average. Afterwards it runs
 the flusher and checks that every hit wrk counted became exactly one event.
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +39,9 @@ from redis import Redis
 from . import procs, seed
 from .host import machine
 from .procs import log
+from .tools import ensure_programs
+
+PROGRAMS = {"wrk": "wrk", "redis-server": "redis-server"}  # command -> Debian package
 
 SECRET_KEY = "bench-secret-key-that-is-long-enough-for-production-checks"
 TARGET_RATE = 5000.0
@@ -80,7 +83,8 @@ class CpuMeter:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.tracking",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=int, default=10, help="seconds per measured run")
     p.add_argument("--rounds", type=int, default=3, help="runs per endpoint (median kept)")
     p.add_argument("--connections", type=int, default=32)
@@ -252,11 +256,10 @@ def start_redis(tmp: Path, logfile: IO[bytes]) -> tuple[subprocess.Popen[bytes],
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for tool in ("wrk", "redis-server"):
-        if shutil.which(tool) is None:
-            print(f"bench.tracking needs {tool}: apt-get install -y {tool.split('-')[0]}",
-                  file=sys.stderr)
-            return 2
+    problem = ensure_programs(PROGRAMS)
+    if problem:
+        print(f"bench.tracking {problem}", file=sys.stderr)
+        return 2
     load_before = machine()["load"]
     from course import create_app, tracking_buffer
     from course.extensions import db

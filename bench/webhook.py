@@ -30,9 +30,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -59,7 +56,8 @@ MIX: list[tuple[str, dict[str, Any], int]] = [
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.webhook",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--events", type=int, default=10_000)
     p.add_argument("--deliveries", type=int, default=2_500)
     p.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")

@@ -29,7 +29,7 @@ def figure(report: str, label: str) -> float:
 @pytest.mark.timeout(150)
 def test_small_benchmark_sends_every_lesson_once_and_reports_both_rates() -> None:
     run = subprocess.run(
-        [sys.executable, "bench/delivery.py", "--subscribers", "2000", "--baseline", "200",
+        [sys.executable, "-m", "bench.delivery", "--subscribers", "2000", "--baseline", "200",
          "--workers", "2", "--redis-url", REDIS_URL, "--pg-admin-url", PG_ADMIN_URL],
         # ~15 s on a quiet machine; the ceiling is for a machine busy with other work.
         cwd=ROOT, capture_output=True, text=True, timeout=120,
