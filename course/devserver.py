@@ -33,7 +33,6 @@ from honcho.printer import Message, Printer
 from .config import ROOT
 
 EMBEDDED_REDIS_FILE = "embedded-redis.rdb"
-RESET_COMMAND = ".venv/bin/flask --app wsgi admin reset"
 READY_TIMEOUT = 120.0  # seconds to wait for web, worker and cron before saying so anyway
 QUIET_BEFORE_READY = 1.0  # seconds without a log line that mean start-up chatter is over
 
@@ -216,10 +215,16 @@ def _banner(app: Flask, local: str, admin: tuple[str, str] | None) -> None:
     click.echo("\n".join(lines))
 
 
+def reset_command() -> str:
+    """``flask admin reset`` as it can be typed here: through .venv when make made it."""
+    in_venv = Path(sys.executable).parent == ROOT / ".venv" / "bin"
+    return f"{'.venv/bin/flask' if in_venv else 'flask'} --app wsgi admin reset"
+
+
 def login_line(local: str, admin: tuple[str, str]) -> str:
     email, password = admin
     return (f"Admin login: {local}/admin/login as {email} with password {password} "
-            f"(shown once; a new one: {RESET_COMMAND} {email})")
+            f"(shown once; a new one: {reset_command()} {email})")
 
 
 def ready_lines(local: str, admin: tuple[str, str] | None) -> list[str]:
@@ -229,7 +234,7 @@ def ready_lines(local: str, admin: tuple[str, str] | None) -> list[str]:
         lines.append(login_line(local, admin))
     else:
         lines.append(f"Admin: {local}/admin/login (forgot the password? "
-                     f"{RESET_COMMAND} EMAIL prints a new one)")
+                     f"{reset_command()} EMAIL prints a new one)")
     return lines
 
 
