@@ -8,11 +8,13 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Browser
 
+from .conftest import ROOT
 from .pagecheck import (
     A11Y_JS,
     FITS_WIDTH_JS,
     TEXT_COLOURS_JS,
     contrast,
+    labels_running_into_values,
     low_contrast,
 )
 
@@ -81,3 +83,51 @@ def test_a_page_wider_than_a_phone_is_caught(browser: Browser) -> None:
                      '<div style="width:600px">wide</div>')
     assert page.evaluate(FITS_WIDTH_JS) is False
     page.close()
+
+
+# One row of the admin's lessons table as a card: a long label, a nowrap number, a value
+# long enough to wrap. The old rule gave the label an inline-block of at least 6rem.
+CARD_ROW = """<meta name="viewport" content="width=device-width">
+<div class="table-wrap"><table class="funnel"><tbody><tr>
+<td data-label="Lesson"><a href="/l/1">When your cheerleaders go quiet, and what then</a></td>
+<td data-label="Opened, machines only" class="num">0 <span class="hint">0%</span></td>
+<td data-label="Subscriber"><a href="/s/1">p1@example.com</a></td>
+</tr></tbody></table></div>"""
+OLD_RULE = """<style>
+.table-wrap table, .table-wrap tbody, .table-wrap tr, .table-wrap td { display: block; }
+.table-wrap td::before { content: attr(data-label); display: inline-block; min-width: 6rem;
+  font-weight: 600; }
+.funnel td.num { white-space: nowrap; }
+</style>"""
+NARROW_NOWRAP_COLUMN = """<style>
+.table-wrap table, .table-wrap tbody, .table-wrap tr { display: block; }
+.table-wrap td { display: flow-root; padding-left: 5rem; white-space: nowrap; }
+.table-wrap td::before { content: attr(data-label); float: left; box-sizing: border-box;
+  width: 5rem; margin-left: -5rem; padding-right: 0.5rem; }
+</style>"""
+
+
+def crowded_cells(browser: Browser, head: str) -> list[str]:
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    try:
+        page.set_content(head + CARD_ROW)
+        return labels_running_into_values(page)
+    finally:
+        page.close()
+
+
+def test_labels_running_into_their_values_at_phone_width_are_caught(browser: Browser) -> None:
+    found = crowded_cells(browser, OLD_RULE)
+    assert any('"Opened, machines only" runs into "0 0%"' in p for p in found), found
+    assert any('"Subscriber" runs into' in p for p in found), found
+
+
+def test_a_label_too_long_for_its_column_is_caught(browser: Browser) -> None:
+    """A label in a column of its own that cannot wrap (a number's nowrap inherited)."""
+    found = crowded_cells(browser, NARROW_NOWRAP_COLUMN)
+    assert '"Opened, machines only" is wider than its label column' in found, found
+
+
+def test_the_admin_stylesheet_keeps_every_label_clear_of_its_value(browser: Browser) -> None:
+    css = (ROOT / "static" / "admin.css").read_text()
+    assert crowded_cells(browser, f"<style>{css}</style>") == []
