@@ -46,6 +46,8 @@ def rq_logger(request: pytest.FixtureRequest) -> Iterator[tuple[logging.Logger, 
     ("Successfully completed %s job in %ss on worker %s", ("workers.tasks.tick()", "0.1", "w1")),
     ("Enqueued job flush_tracking to queue minicourse-tick", ()),
     ("Enqueued job requeue_webhooks to queue minicourse-tick", ()),
+    ("%s: cleaning registries for queue: %s", (WORKER, "minicourse-mail")),
+    ("%s: cleaning group registries", (WORKER,)),
 ])
 def test_routine_job_lines_are_dropped_at_info(rq_logger, message, args):
     logger, handler = rq_logger

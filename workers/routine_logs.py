@@ -3,7 +3,8 @@
 The cron enqueues the tracking flush every 5 s, the tick every minute and the webhook
 sweep every 5 minutes, and RQ logs every run of each at INFO (enqueued, started,
 completed, "Job OK", result kept): about 50 lines a minute that scroll the start banner,
-and with it the admin's one-time password, off the screen while nothing happens. A filter
+and with it the admin's one-time password, off the screen while nothing happens. The
+worker's own upkeep (cleaning its registries every 10 minutes) is as routine. A filter
 on RQ's own loggers demotes those records to DEBUG: ``-l DEBUG`` (worker) or
 ``--logging-level DEBUG`` (cron) shows them again. What the jobs themselves log keeps its
 level (a tick that created deliveries says so at INFO), and so does everything RQ says
@@ -29,9 +30,12 @@ _running_routine_job: ContextVar[bool] = ContextVar("running_routine_job", defau
 # RQ names a job by its description in the worker's "started" and "completed" lines
 # ("workers.tasks.tick()"), and by its bare function name in the cron's "Enqueued job tick
 # to queue ..."; the other lines ("Job OK", "result is kept") name only the job's id, and
-# are recognised by being logged while a routine job runs.
-_MENTIONS = tuple(f"{path}(" for path in sorted(ROUTINE_JOBS)) + tuple(
-    f"Enqueued job {path.rsplit('.', 1)[1]} " for path in sorted(ROUTINE_JOBS)
+# are recognised by being logged while a routine job runs. Last, the worker's upkeep.
+_MENTIONS = (
+    *(f"{path}(" for path in sorted(ROUTINE_JOBS)),
+    *(f"Enqueued job {path.rsplit('.', 1)[1]} " for path in sorted(ROUTINE_JOBS)),
+    ": cleaning registries for queue: ",
+    ": cleaning group registries",
 )
 
 
