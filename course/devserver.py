@@ -34,7 +34,7 @@ from .config import ROOT
 
 EMBEDDED_REDIS_FILE = "embedded-redis.rdb"
 READY_TIMEOUT = 120.0  # seconds to wait for web, worker and cron before saying so anyway
-QUIET_BEFORE_READY = 1.0  # seconds without a log line that mean start-up chatter is over
+QUIET_BEFORE_READY = 1.5  # seconds without a log line that mean start-up chatter is over
 
 
 @click.command("dev")
