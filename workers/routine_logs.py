@@ -1,10 +1,11 @@
 """RQ's lines about routine jobs are logged at DEBUG, so an idle system's log stays quiet.
 
-The cron enqueues the tracking flush every 5 s, the tick every minute and the webhook
-sweep every 5 minutes, and RQ logs every run of each at INFO (enqueued, started,
-completed, "Job OK", result kept): about 50 lines a minute that scroll the start banner,
-and with it the admin's one-time password, off the screen while nothing happens. The
-worker's own upkeep (cleaning its registries every 10 minutes) is as routine. A filter
+The cron enqueues the tracking flush every 5 s, the tick and the catch-up of owed
+confirmations every minute and the webhook sweep every 5 minutes, and RQ logs every run
+of each at INFO (enqueued, started, completed, "Job OK", result kept): about 50 lines a
+minute that scroll the start banner, and with it the admin's one-time password, off the
+screen while nothing happens. The worker's own upkeep (cleaning its registries every 10
+minutes) is as routine. A filter
 on RQ's own loggers demotes those records to DEBUG: ``-l DEBUG`` (worker) or
 ``--logging-level DEBUG`` (cron) shows them again. What the jobs themselves log keeps its
 level (a tick that created deliveries says so at INFO), and so does everything RQ says
@@ -23,6 +24,7 @@ ROUTINE_JOBS = frozenset({
     "workers.tasks.tick",
     "workers.tasks.flush_tracking",
     "workers.tasks.requeue_webhooks",
+    "workers.tasks.send_owed_confirmations",  # the cron's minutely catch-up of signups
 })
 RQ_LOGGERS = ("rq.worker", "rq.cron")
 
