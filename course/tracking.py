@@ -29,6 +29,7 @@ from werkzeug.exceptions import abort
 from . import tokens, tracking_buffer, webhooks_out
 from .content import current_course
 from .extensions import db, limiter
+from .ids import parse_id
 from .lessons import Course
 from .models import Delivery, DeliveryStatus, Event, EventKind, Status, Subscriber
 from .public import INVALID_LINK, id_from, markdown, render_page, token_id
@@ -51,8 +52,7 @@ def delivery_id_or_none(purpose: str, token: str) -> int | None:
         payload = tokens.read(purpose, token)
     except tokens.TokenInvalid:
         return None
-    value = payload.get("d") if isinstance(payload, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return parse_id(payload.get("d")) if isinstance(payload, dict) else None
 
 
 # Endpoints Flask-Limiter leaves alone before it resolves any limit (``exempt`` alone still

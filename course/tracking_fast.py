@@ -20,6 +20,7 @@ from flask import Flask
 from markupsafe import escape
 
 from . import tokens, tracking_buffer
+from .ids import parse_id
 from .models import EventKind
 from .security import CSP
 
@@ -95,7 +96,8 @@ class FastPath:
             payload = tokens.read(purpose, token, secret_key=self.secret)
         except tokens.TokenInvalid:
             return None
-        if not isinstance(payload, dict) or type(payload.get("d")) is not int:
+        if not isinstance(payload, dict) or type(payload.get("d")) is not int \
+                or parse_id(payload["d"]) is None:
             return None
         return payload
 

@@ -12,6 +12,7 @@ from sqlalchemy import ColumnElement, Select, and_, bindparam, func, or_, text, 
 from sqlalchemy.orm import InstrumentedAttribute, joinedload
 
 from ..extensions import db
+from ..ids import DB_ID_MAX
 from ..models import Delivery, DeliveryStatus, Status, Subscriber, SubscriberSearch
 from ..timeutil import utcnow
 
@@ -22,9 +23,8 @@ STUCK_AFTER = timedelta(minutes=10)
 ATTENTION = (DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN, DeliveryStatus.SENDING)
 # Deliveries that may already be in the subscriber's inbox: resent only on confirmation.
 MAYBE_DELIVERED = (DeliveryStatus.UNKNOWN, DeliveryStatus.SENDING)
-# Primary keys are 32-bit integers; larger ids in a URL or form are simply not found
-# (SQLite cannot even bind integers past 64 bits).
-MAX_ID = 2**31 - 1
+# Primary keys are 32-bit integers; larger ids in a URL or form are simply not found.
+MAX_ID = DB_ID_MAX
 
 
 @dataclass(frozen=True)
