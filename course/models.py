@@ -200,6 +200,10 @@ class AdminUser(UserMixin, Model):
     email: Mapped[str] = mapped_column(String(320), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Every session carries the version it signed in under and loads only while it still
+    # matches: logout, a new password and disabling bump it, ending every copy of every
+    # cookie of this admin (course/admin_accounts.py, end_sessions).
+    session_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
