@@ -110,8 +110,9 @@ class BaseUrlOnly:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
                  ) -> Iterable[bytes]:
+        host = str(environ.get("HTTP_HOST") or "").lower()  # host names ignore case
         if environ.get("PATH_INFO") not in self.EXEMPT and \
-                not host_is_trusted(environ.get("HTTP_HOST"), [self.hostname]):
+                not host_is_trusted(host, [self.hostname]):
             body = b"Bad Request: this site answers only for its own address (BASE_URL).\n"
             start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8"),
                                                ("Content-Length", str(len(body))),
