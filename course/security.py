@@ -14,6 +14,7 @@ show personal data, and a shared or back-button cache must keep none of them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -30,6 +31,8 @@ CSP = (
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
 )
 HSTS = "max-age=31536000; includeSubDomains"
+
+log = logging.getLogger(__name__)
 
 
 class MaxLengthStream(LimitedStream):
@@ -107,12 +110,20 @@ class BaseUrlOnly:
         self.wsgi_app = wsgi_app
         self.scheme = parts.scheme
         self.hostname = parts.hostname or ""
+        self.warned = False
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
                  ) -> Iterable[bytes]:
         host = str(environ.get("HTTP_HOST") or "").lower()  # host names ignore case
         if environ.get("PATH_INFO") not in self.EXEMPT and \
                 not host_is_trusted(host, [self.hostname]):
+            # Once per process at WARNING (a proxy that drops the Host header refuses every
+            # request, and the owner must learn why); after that quietly, against floods.
+            log.log(logging.DEBUG if self.warned else logging.WARNING,
+                    "refused a request for host %r: only %s is served (BASE_URL); a proxy "
+                    "must pass the Host header, or X-Forwarded-Host with PROXY_COUNT set",
+                    host[:100], self.hostname)
+            self.warned = True
             body = b"Bad Request: this site answers only for its own address (BASE_URL).\n"
             start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8"),
                                                ("Content-Length", str(len(body))),

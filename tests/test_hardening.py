@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -166,6 +167,21 @@ def test_behind_a_proxy_the_forwarded_host_is_the_one_judged(make_app: Any):
     bad = client.get("/admin", headers={"Host": "course.example.com",
                                         "X-Forwarded-Host": "evil.example"})
     assert bad.status_code == 400
+
+
+def test_the_first_refusal_says_why_in_the_log_then_the_rest_are_quiet(make_app: Any,
+                                                                       caplog: Any):
+    """A proxy that drops the Host header makes every request a 400: the owner must be
+    told once, and a flood of bad hosts must not flood the log."""
+    app = production(make_app)
+    client = app.test_client()
+    with caplog.at_level(logging.DEBUG, logger="course.security"):
+        for host in ("127.0.0.1:8000", "evil.example", "evil.example"):
+            assert client.get("/", headers={"Host": host}).status_code == 400
+    records = [r for r in caplog.records if r.name == "course.security"]
+    assert [r.levelno for r in records] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    assert "'127.0.0.1:8000'" in records[0].getMessage()
+    assert "must pass the Host header" in records[0].getMessage()
 
 
 def test_health_checks_answer_any_host_in_production(make_app: Any):
