@@ -97,6 +97,8 @@ def test_no_id_from_outside_past_the_column_range_reaches_the_database(make_app:
         for huge in HUGE:
             for path in (f"/admin/subscribers/{huge}", f"/admin/lessons/{huge}",
                          f"/admin/subscribers?after={huge}", f"/admin/subscribers?before={huge}",
+                         f"/admin/deliveries?page={huge}", f"/admin/subscribers?page={huge}",
+                         f"/admin/subscribers?lesson={huge}",
                          f"/o/{tok('open', {'d': huge})}.gif",
                          f"/c/{tok('click', {'d': huge, 'u': 'https://example.org/'})}",
                          f"/done/{tok('complete', {'d': huge})}",
