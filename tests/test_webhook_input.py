@@ -11,8 +11,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_webhook_sendgrid import URL, event, events_of, lesson_delivery, public_b64, sign
 
+from course import sendgrid_events as sg
 from course.extensions import db
 from course.ids import DB_ID_MAX
 from course.models import Event, EventKind, Status, Subscriber
@@ -142,3 +145,37 @@ def test_read_events_accepts_what_sendgrid_posts():
                         "category": ["lesson", "one"], "pool": {"name": "p", "id": 7},
                         "reason": "caf\u00e9 \U0001f600"}]).encode()
     assert read_events(body)[0]["pool"] == {"name": "p", "id": 7}
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.text() | st.sampled_from(["\ud800", "a\udfff", "\U0001f600"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=4),
+    max_leaves=30,
+)
+ANY_ID = st.one_of(st.integers(), st.text(max_size=25), st.integers().map(str), st.floats())
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(body=st.binary(max_size=300) | JSON.map(lambda v: json.dumps(v).encode()))
+def test_any_body_is_read_as_a_list_of_events_or_refused_with_a_reason(body: bytes):
+    try:
+        events = read_events(body)
+    except sg.BadPayload as exc:
+        assert str(exc)
+        return
+    assert isinstance(events, list)
+    json.dumps(events, ensure_ascii=False).encode("utf-8")  # storable: no lone surrogate
+    for raw in events:
+        sg.parse_event(raw)  # never raises
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(delivery_id=ANY_ID, extra=st.dictionaries(st.text(max_size=12), JSON, max_size=4))
+def test_every_delivery_id_an_event_yields_fits_the_column(delivery_id: Any, extra: Any):
+    raw = {**extra, "event": "delivered", "timestamp": 1, "email": "a@example.org",
+           "delivery_id": delivery_id}
+    parsed = sg.parse_event(raw)
+    assert parsed is not None
+    assert parsed.delivery_id is None or 0 < parsed.delivery_id <= DB_ID_MAX
