@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import IO, Any
+from typing import IO, Any, cast
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, request
@@ -76,7 +76,7 @@ class Request(FlaskRequest):
         # The WSGI server (gunicorn, werkzeug's) de-chunks and marks the stream as ending.
         if (limit is not None and self.content_length is None
                 and "wsgi.input_terminated" in self.environ):
-            return MaxLengthStream(self.environ["wsgi.input"], limit)
+            return cast(IO[bytes], MaxLengthStream(self.environ["wsgi.input"], limit))
         return get_input_stream(self.environ, max_content_length=limit)
 
     def _load_form_data(self) -> None:
