@@ -76,10 +76,12 @@ class LessonLoss:
         return self.bounced + self.complained
 
 
-def lesson_loss(now: datetime, days: int = DEFAULT_STALLED_DAYS) -> dict[str, Any]:
+def lesson_loss(now: datetime, days: int = DEFAULT_STALLED_DAYS,
+                length: int = 1) -> dict[str, Any]:
     """The figures as plain data (cached as JSON): ``days``, ``left_before_any`` (per
     status, subscribers who left before their first lesson) and ``lessons``: one dict per
-    position (1 to the furthest position anyone was sent or is due), see ``LessonLoss``."""
+    position, from 1 to the course's ``length`` or the furthest position anyone was sent
+    or is due, whichever is greater (see ``LessonLoss``)."""
     cutoff = now - timedelta(days=days)
     per = (
         db.select(
@@ -115,10 +117,11 @@ def lesson_loss(now: datetime, days: int = DEFAULT_STALLED_DAYS) -> dict[str, An
         .where(Subscriber.status.in_(IN_COURSE))
         .group_by(Subscriber.next_position)
     ).all()
-    return summarise(days, rows, waiting)
+    return summarise(days, rows, waiting, length)
 
 
-def summarise(days: int, rows: list[Any], waiting: list[Any]) -> dict[str, Any]:
+def summarise(days: int, rows: list[Any], waiting: list[Any],
+              length: int = 1) -> dict[str, Any]:
     """Per-lesson figures from the grouped counts: ``rows`` are (status, furthest lesson
     sent if they left, lesson stalled at, subscribers); ``waiting`` are (next lesson,
     subscribers active or paused)."""
@@ -130,7 +133,7 @@ def summarise(days: int, rows: list[Any], waiting: list[Any]) -> dict[str, Any]:
         if stalled_at is not None:
             stalled[int(stalled_at)] += int(n)
     next_lesson = Counter({int(position): int(n) for position, n in waiting})
-    last = max([1, *stalled, *next_lesson, *(p for c in left.values() for p in c)])
+    last = max([length, *stalled, *next_lesson, *(p for c in left.values() for p in c)])
     lessons = []
     for position in range(1, last + 1):
         lessons.append({

@@ -87,7 +87,7 @@ LESSON_FIGURES: dict[str, Callable[[datetime], Any]] = {  # the Lessons page's
     "hits": lambda now: [[position, asdict(counts)] for position, counts
                          in sorted(tracking_stats.hits_per_lesson().items())],
     "loss": lambda now: dropoff_stats.lesson_loss(
-        now, current_app.config["ADMIN_STALLED_DAYS"]),
+        now, current_app.config["ADMIN_STALLED_DAYS"], current_course().length),
     "links": lambda now: [asdict(row) for row in tracking_stats.clicks_per_link()],
 }
 @bp.app_template_global("figure_meaning")
