@@ -24,6 +24,7 @@ result in Redis with the dashboard's figures (``course/admin/dashboard.py``).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -120,7 +121,7 @@ def lesson_loss(now: datetime, days: int = DEFAULT_STALLED_DAYS,
     return summarise(days, rows, waiting, length)
 
 
-def summarise(days: int, rows: list[Any], waiting: list[Any],
+def summarise(days: int, rows: Sequence[Any], waiting: Sequence[Any],
               length: int = 1) -> dict[str, Any]:
     """Per-lesson figures from the grouped counts: ``rows`` are (status, furthest lesson
     sent if they left, lesson stalled at, subscribers); ``waiting`` are (next lesson,

@@ -14,6 +14,7 @@ Redis reads at any size.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from flask import flash, redirect, render_template, url_for
@@ -34,7 +35,7 @@ def lesson_links(lesson: Lesson) -> tuple[str, ...]:
 
 
 def links_by_lesson(clicked: list[dict[str, Any]],
-                    lessons: list[Lesson]) -> dict[int, list[tracking_stats.LinkClicks]]:
+                    lessons: Sequence[Lesson]) -> dict[int, list[tracking_stats.LinkClicks]]:
     """Per position, every clicked link, then the lesson's links nobody clicked yet."""
     out: dict[int, list[tracking_stats.LinkClicks]] = {}
     for row in clicked:
