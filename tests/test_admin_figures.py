@@ -298,6 +298,12 @@ def test_the_lessons_page_shows_the_loss_figures_and_their_legend(make_app):
         assert meaning(name).replace("{days}", "7") in page.replace("&#39;", "'")
     assert "for 7 days" in html_lib.unescape(page[page.index('class="legend-stalled"'):])
 
+    # Each lesson's own page shows its column of the same figures, and the legend.
+    own = get(admin, "/admin/lessons/2")
+    dd = dict(re.findall(r'<dd class="([a-z-]+)">(\d+)</dd>', own))
+    assert tuple(int(dd[n]) for n in names) == EXPECTED_7_DAYS[2]
+    assert "stalled at it (7 days)" in own and meaning("opened") in own
+
 
 def test_the_stalled_days_setting_is_used_and_checked(make_app, tmp_path):
     app = make_app(ADMIN_STALLED_DAYS=15)
@@ -349,7 +355,8 @@ def test_clicks_per_link_count_people_and_machines_apart(linked_app):
         tracking_stats.LinkClicks(1, "", people=0, human_clicks=0, machine_clicks=1),
         tracking_stats.LinkClicks(2, "https://example.org/from-lesson-2", 1, 1, 0),
     ]
-    page = get(signed_in(app), "/admin/lessons")
+    admin = signed_in(app)
+    page = get(admin, "/admin/lessons")
     body = re.search(r'<tbody id="links-1">(.*?)</tbody>', page, re.S).group(1)
     shown = [(html_lib.unescape(re.sub(r"<[^>]+>", "", url)).strip(), int(p), int(h), int(m))
              for url, p, h, m in re.findall(
@@ -361,6 +368,11 @@ def test_clicks_per_link_count_people_and_machines_apart(linked_app):
     assert shown[2] == (OTHER, 0, 0, 0)  # in the lesson, never clicked: still listed
     assert "No links in this lesson." in re.search(
         r'<tbody id="links-3">(.*?)</tbody>', page, re.S).group(1)
+    own = get(admin, "/admin/lessons/1")  # the lesson's own page: the same figures
+    urls = [html_lib.unescape(re.sub(r"<[^>]+>", "", u)).strip()
+            for u in re.findall(r'class="wrap link-url">(.*?)</td>', own, re.S)]
+    assert urls == [GUIDE, "the hidden canary link", OTHER]
+    assert "No links in this lesson." in get(admin, "/admin/lessons/3")
 
 
 # --- cached like the dashboard ----------------------------------------------------------------

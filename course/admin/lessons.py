@@ -15,6 +15,8 @@ Redis reads at any size.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from flask import flash, redirect, render_template, url_for
@@ -26,7 +28,7 @@ from ..lessons import Lesson
 from ..render import render_lesson
 from ..timeutil import utcnow
 from . import bp
-from .dashboard import load_figures, refresh_figures
+from .dashboard import Figures, load_figures, refresh_figures
 
 
 def lesson_links(lesson: Lesson) -> tuple[str, ...]:
@@ -48,37 +50,65 @@ def links_by_lesson(clicked: list[dict[str, Any]],
     return out
 
 
+@dataclass(frozen=True)
+class LessonFigures:
+    """The Lessons page's cached figures, read into their dataclasses, by lesson position."""
+
+    figures: Figures  # the raw values, and as of when
+    funnel: dict[int, tracking_stats.LessonFunnel]
+    hits: dict[int, tracking_stats.HitCounts]
+    loss: dict[int, dropoff_stats.LessonLoss]
+    links: dict[int, list[tracking_stats.LinkClicks]]
+    stalled_days: int
+    left_before_any: dict[str, int]
+
+
+def lesson_figures(now: datetime) -> LessonFigures:
+    """Every per-lesson figure, from the cache both the Lessons page and each lesson's own
+    page read (so they agree with each other and with the dashboard)."""
+    figures = load_figures(now, "lessons")
+    values = figures.values
+    return LessonFigures(
+        figures=figures,
+        funnel={row["position"]: tracking_stats.LessonFunnel(**row)
+                for row in values["funnel"]},
+        hits={position: tracking_stats.HitCounts(**counts)
+              for position, counts in values["hits"]},
+        loss={row["position"]: dropoff_stats.LessonLoss(**row)
+              for row in values["loss"]["lessons"]},
+        links=links_by_lesson(values["links"], current_course().lessons),
+        stalled_days=values["loss"]["days"],
+        left_before_any=values["loss"]["left_before_any"],
+    )
+
+
 @bp.route("/lessons")
 def lessons() -> str:
     course = current_course()
     now = utcnow()
-    figures = load_figures(now, "lessons")
-    values = figures.values
-    funnel = {row["position"]: tracking_stats.LessonFunnel(**row) for row in values["funnel"]}
+    f = lesson_figures(now)
+    funnel = dict(f.funnel)
     empty = tracking_stats.LessonFunnel
     rows = [(lesson, funnel.pop(lesson.position, empty(lesson.position, lesson.slug)))
             for lesson in course.lessons]
     # Positions past the end of today's course (lessons since removed) still count.
     removed = sorted(funnel.values(), key=lambda row: row.position)
-    loss_values = values["loss"]
-    loss = {row["position"]: dropoff_stats.LessonLoss(**row) for row in loss_values["lessons"]}
     return render_template(
         "admin/lessons.html",
         course=course,
         rows=rows,
         removed=removed,
         totals=tracking_stats.funnel_totals([row for _, row in rows] + removed),
-        hits={position: tracking_stats.HitCounts(**counts)
-              for position, counts in values["hits"]},
+        hits=f.hits,
         no_hits=tracking_stats.HitCounts(),
-        completions=values["completions"],
-        loss=loss,
+        completions=f.figures.values["completions"],
+        loss=f.loss,
         no_loss=dropoff_stats.LessonLoss,
-        stalled_days=loss_values["days"],
-        left_before_any=loss_values["left_before_any"],
-        links=links_by_lesson(values["links"], course.lessons),
-        figures=figures,
-        figures_age=health.age_text(now - figures.as_of),
+        stalled_days=f.stalled_days,
+        left_before_any=f.left_before_any,
+        links=f.links,
+        figures=f.figures,
+        figures_age=health.age_text(now - f.figures.as_of),
     )
 
 
