@@ -10,7 +10,8 @@ in one place per figure:
 - *stalled at lesson N*: still subscribed (active, paused or finished); N is the lesson
   after the last one they opened or marked done (lesson 1 if none); a lesson from N on
   reached them at least ``days`` days ago; and they have opened nothing and marked nothing
-  done for ``days`` days;
+  done for ``days`` days (a delivery keeps a person's first open only, so re-reading a
+  lesson opened before is not seen);
 - *not reached lesson N yet*: active or paused, and N is not yet sent to them (their next
   lesson is N or earlier). Pending signups are not in the course yet and are not counted;
 - *dropped off before lesson N*: left (as above) with a furthest lesson before N.
