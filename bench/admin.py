@@ -377,6 +377,7 @@ def page_paths(engine: sa.Engine, count: int, length: int,
         "subscriber page": lambda: f"/admin/subscribers/{rng.randint(1, max_id)}",
         "dashboard": lambda: "/admin/dashboard",
         "lessons (per-lesson figures, loss, links)": lambda: "/admin/lessons",
+        "a lesson's page": lambda: f"/admin/lessons/{rng.randint(1, length)}",
     }
 
 

@@ -21,7 +21,8 @@ PAGES = ("list, page 1", "list, deep page (half way)", "list by email, deep page
          "list by progress", "search, part of an email", "search, part of a name",
          "filter, status", "filter, next lesson", "filter, status + lesson, oldest",
          "filter, status, any order",
-         "subscriber page", "dashboard", "lessons (per-lesson figures, loss, links)")
+         "subscriber page", "dashboard", "lessons (per-lesson figures, loss, links)",
+         "a lesson's page")
 
 
 @pytest.mark.slow
