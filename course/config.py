@@ -140,6 +140,9 @@ def load(env: Mapping[str, str], instance_path: Path) -> dict[str, Any]:
         # set X-Forwarded-For/-Proto: client IPs for rate limits and consent come from them.
         "PROXY_COUNT": _int(env, "PROXY_COUNT", 0),
         "ADMIN_PAGE_SIZE": _int(env, "ADMIN_PAGE_SIZE", 50),
+        # The Lessons page counts a subscriber as stalled after this many days with no open
+        # by a person and nothing marked done (course/dropoff_stats.py).
+        "ADMIN_STALLED_DAYS": _int(env, "ADMIN_STALLED_DAYS", 7),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 64 * 1024),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
@@ -169,6 +172,9 @@ def load(env: Mapping[str, str], instance_path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"MAIL_BACKEND={cfg['MAIL_BACKEND']!r}: use one of {', '.join(MAIL_BACKENDS)}"
         )
+    if not 1 <= cfg["ADMIN_STALLED_DAYS"] <= 365:
+        raise ConfigError(f"ADMIN_STALLED_DAYS={cfg['ADMIN_STALLED_DAYS']}: use a number "
+                          "of days from 1 to 365")
     if cfg["WEBHOOK_URLS"] and not cfg["WEBHOOK_SECRET"]:
         raise ConfigError("WEBHOOK_URLS is set but WEBHOOK_SECRET is not: set it to a long "
                           "random string the receivers use to check signatures")

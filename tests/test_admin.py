@@ -262,7 +262,7 @@ def test_subscriber_counts_come_from_their_deliveries(app, admin):
                 subscriber_id=busy.id, lesson_slug=lesson.slug, position=lesson.position,
                 status=DeliveryStatus.SENT if sent else DeliveryStatus.QUEUED,
                 sent_at=now if sent else None, opened_at=now if opened else None,
-                completed_at=now if done else None,
+                human_opened_at=now if opened else None, completed_at=now if done else None,
             ))
         lesson = course.lessons[0]
         db.session.add(Delivery(subscriber_id=other.id, lesson_slug=lesson.slug, position=1,
