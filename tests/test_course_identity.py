@@ -148,7 +148,7 @@ def test_missing_author_is_reported(course_dir: Path):
 
 
 @pytest.mark.parametrize(("old", "new", "key", "message"), [
-    ("  name: Sam Carter", "  name: ''", "  name:", "author name must be non-empty text"),
+    ("  name: Robin Ellis", "  name: ''", "  name:", "author name must be non-empty text"),
     ("  bio: Career coach", "  bio: " + "x" * 300 + " Career coach", "  bio:",
      "author bio is 3"),
     ("  photo: author.png", "  photo: missing.png", "  photo:",

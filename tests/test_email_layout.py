@@ -16,7 +16,7 @@ from course.models import Status
 from tests.helpers import add_subscriber
 
 ROOT = Path(__file__).resolve().parent.parent
-ADDRESS = "Sam Carter, 1 Example Street, Bristol BS1 4DJ, United Kingdom"
+ADDRESS = "Robin Ellis, 1 Example Street, Bristol BS1 4DJ, United Kingdom"
 
 
 def send_lesson_one(app, outbox):
@@ -46,18 +46,18 @@ def footer_of(html: str) -> str:
 def test_lesson_footer_names_author_address_privacy_and_why(app, outbox):
     html, text = parts(send_lesson_one(app, outbox))
     footer = footer_of(html)
-    assert "Sam Carter" in footer and "Career coach who changed fields twice" in footer
+    assert "Robin Ellis" in footer and "Career coach who changed fields twice" in footer
     assert ADDRESS in footer
     assert 'href="http://localhost/privacy"' in footer
     assert re.search(r'<img src="http://localhost/author/photo\?v=[0-9a-f]{12}"[^>]*'
-                     r'alt="Photo of Sam Carter"', footer)
+                     r'alt="Photo of Robin Ellis"', footer)
     assert ("because you signed up for Networking for career changers at localhost and "
             "confirmed your address") in footer
     # What the links really do: the footer's opens a page, the mail app's is one click.
     assert "Unsubscribe opens a page with one button" in footer
     assert re.search(r'href="http://localhost/u/[^"]+"[^>]*>Unsubscribe</a>', footer)
     tail = text[text.index("\n--\n"):]
-    for fact in ("Sam Carter: Career coach", ADDRESS, "Privacy: http://localhost/privacy",
+    for fact in ("Robin Ellis: Career coach", ADDRESS, "Privacy: http://localhost/privacy",
                  "because you signed up for Networking for career changers",
                  "Unsubscribe (opens a page with one button): http://localhost/u/"):
         assert fact in tail, fact
@@ -67,11 +67,11 @@ def test_confirmation_footer_names_author_address_privacy_and_why(app, outbox):
     msg = send_confirmation(app, outbox)
     html, text = parts(msg)
     footer = footer_of(html)
-    assert "Sam Carter" in footer and ADDRESS in footer
+    assert "Robin Ellis" in footer and ADDRESS in footer
     assert 'href="http://localhost/privacy"' in footer
     assert "someone entered this address on the signup form at localhost" in footer
     assert "/u/" not in html  # nothing to unsubscribe from before confirming
-    for fact in ("Sam Carter: Career coach", ADDRESS, "Privacy: http://localhost/privacy",
+    for fact in ("Robin Ellis: Career coach", ADDRESS, "Privacy: http://localhost/privacy",
                  "someone entered this address on the signup"):
         assert fact in text, fact
 
@@ -155,7 +155,7 @@ def test_raw_html_a_lesson_leaves_unbalanced_still_renders(make_app, outbox, tmp
 
 def test_landing_page_shows_author_real_lengths_address_and_privacy(client):
     page = client.get("/").get_data(as_text=True)
-    assert "Sam Carter" in page and "Career coach who changed fields twice" in page
+    assert "Robin Ellis" in page and "Career coach who changed fields twice" in page
     assert re.search(r'<img class="author-photo" src="/author/photo\?v=[0-9a-f]{12}"', page)
     assert "About 2 min to read each" in page and "Exercises of 15–25 min" in page
     assert "takes about 2 minutes to read and ends with an exercise of 15–25 minutes" in page
@@ -186,7 +186,7 @@ def test_built_in_privacy_page_says_who_what_and_how_to_leave(make_app):
     assert response.status_code == 200
     page = response.get_data(as_text=True)
     assert "<h1>Privacy</h1>" in page
-    assert "Sam Carter" in page and ADDRESS in page
+    assert "Robin Ellis" in page and ADDRESS in page
     assert 'href="mailto:privacy@example.org"' in page
     assert "SendGrid" in page
     assert "opens a page with one button" in page
