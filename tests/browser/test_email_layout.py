@@ -36,3 +36,13 @@ def test_lesson_and_confirmation_emails_read_well_at_both_widths(site: Site) -> 
     confirmation = messages["new@example.com"]
     show(site, lesson.get_body(("html",)).get_content(), "30-lesson-email")
     show(site, confirmation.get_body(("html",)).get_content(), "31-confirmation-email")
+
+
+def test_the_landing_pages_author_and_privacy_page_pass_the_page_checks(site: Site) -> None:
+    page = site.page()
+    page.goto("/")
+    photo = page.get_by_role("img", name="Photo of Robin Ellis")
+    assert photo.evaluate("img => img.complete && img.naturalWidth") > 0
+    page.get_by_role("link", name="Privacy").click()
+    assert page.get_by_role("heading", level=1).inner_text() == "Privacy"
+    site.check(page, "32-privacy")
