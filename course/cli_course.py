@@ -14,7 +14,8 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from .config import ROOT
-from .lessons import CourseError, load_course
+from .lessons import Course, CourseError, load_course
+from .lessons_timing import WORDS_PER_MINUTE
 
 
 @click.group("lessons")
@@ -25,14 +26,18 @@ def lessons_cli() -> None:
 @lessons_cli.command("check")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="lessons folder (default: $LESSONS_DIR or ./lessons)")
-def lessons_check(directory: Path | None) -> None:
+@click.option("--production/--development", default=None,
+              help="check as a public site would (default: from MINICOURSE_ENV)")
+def lessons_check(directory: Path | None, production: bool | None) -> None:
     """Validate the course file and every lesson; print file:line: problem for each fault.
 
     Works even when the app itself refuses to start because of the course.
     """
     folder = directory or Path(os.environ.get("LESSONS_DIR") or ROOT / "lessons")
+    if production is None:
+        production = os.environ.get("MINICOURSE_ENV", "").strip().lower() == "production"
     try:
-        course = load_course(folder)
+        course = load_course(folder, production=production)
     except CourseError as exc:
         for problem in exc.problems:
             click.echo(problem, err=True)
@@ -42,6 +47,22 @@ def lessons_check(directory: Path | None) -> None:
                f"day(s) at {course.send_hour:02d}:00 local time")
     for lesson in course.lessons:
         click.echo(f"  {lesson.position:>2}. {lesson.slug}: {lesson.subject}")
+    echo_timing(course)
+
+
+def echo_timing(course: Course) -> None:
+    """Each lesson's reading time (its words at ``WORDS_PER_MINUTE``) and exercise time
+    (its front matter): the figures the landing page and the emails show."""
+    click.echo(f"Reading time at {WORDS_PER_MINUTE} words a minute, exercise time from "
+               "exercise_minutes:")
+    for lesson in course.lessons:
+        exercise = (f"{lesson.exercise_minutes} min exercise" if lesson.exercise_minutes
+                    else "no exercise_minutes")
+        click.echo(f"  {lesson.position:>2}. {lesson.words:>4} words, "
+                   f"{lesson.reading_minutes} min read, {exercise}")
+    timing = course.timing
+    click.echo(f"The course page says: about {timing.reading_text} min to read each"
+               + (f", exercises of {timing.exercise_text} min" if timing.exercise else ""))
 
 
 @click.group("course")

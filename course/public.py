@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, current_app, redirect, render_template, request, send_file
 from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
@@ -110,7 +110,37 @@ signup_rate_limit = limiter.shared_limit(signup_limit, scope="signup", methods=[
 def landing(form: SignupForm, status: int = 200) -> tuple[str, int]:
     course = current_course()
     return render_page(
-        "public/index.html", status, form=form, description=markdown(course.description)
+        "public/index.html", status, form=form, description=markdown(course.description),
+        timing=course.timing,
+    )
+
+
+# Who runs the course: the author's photo and the privacy page (course/lessons_identity.py).
+PHOTO_MAX_AGE = 7 * 24 * 3600
+MAIL_PROVIDERS = {"sendgrid": "SendGrid (Twilio Inc.)", "smtp": "our email provider"}
+
+
+@bp.route("/author/photo")
+def author_photo() -> ResponseReturnValue:
+    """The photo named in course.yml, and only it: the path comes from the loader, never
+    from the URL. Emails ask for it with ``?v=`` (a digest), so a new photo shows at once."""
+    author = current_course().author
+    if not author.photo:
+        abort(404)
+    return send_file(author.photo_path, mimetype=author.photo_type, max_age=PHOTO_MAX_AGE)
+
+
+@bp.route("/privacy")
+def privacy() -> ResponseReturnValue:
+    """The built-in privacy page, or the owner's own (``privacy_url`` in course.yml)."""
+    course = current_course()
+    if course.privacy_url:
+        return redirect(course.privacy_url)
+    config = current_app.config
+    return render_page(
+        "public/privacy.html",
+        contact=config["MAIL_REPLY_TO"] or config["MAIL_FROM"],
+        provider=MAIL_PROVIDERS.get(config["MAIL_BACKEND"], "our email provider"),
     )
 
 

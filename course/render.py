@@ -1,7 +1,8 @@
 """Turning a lesson into an email: rendered once per content hash, personalised last.
 
-The expensive part (Markdown, the layout, CSS inlining) happens once per lesson version
-and yields a :class:`~course.mail.Template` full of ``%%key%%`` placeholders. Each
+The expensive part (Markdown, the MJML layout, CSS inlining: ``course/email_layout.py``)
+happens once per lesson version and yields a :class:`~course.mail.Template` full of
+``%%key%%`` placeholders. Each
 recipient then only costs a handful of signed tokens: see :func:`recipient_for`.
 """
 
@@ -13,11 +14,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import css_inline
-from flask import current_app, render_template
+from flask import current_app
 from markupsafe import Markup
 
 from . import tokens
+from .email_layout import email_html, email_text, plain_emphasis
 from .lessons import Course, Lesson, render_markdown
 from .mail import Recipient, Template
 
@@ -72,7 +73,7 @@ def markdown_to_text(body: str, links: list[str]) -> str:
         return f"{m.group(1)} ({_click_key(links.index(url))})"
 
     text = MD_LINK_RE.sub(repl, body)
-    text = re.sub(r"\*\*(.+?)\*\*", r"\1", text)
+    text = plain_emphasis(text)
     text = re.sub(r"(?m)^#{1,6}\s+(.*)$", lambda m: m.group(1).upper(), text)
     return text.strip()
 
@@ -87,13 +88,13 @@ def render_lesson(course: Course, lesson: Lesson) -> RenderedLesson:
     links: list[str] = []
     body_html = rewrite_links_html(render_markdown(lesson.body), links)
     context: dict[str, Any] = dict(course=course, lesson=lesson, body=Markup(body_html))
-    raw_html = render_template("email/lesson.html", **context)
-    text = render_template(
+    html = email_html("email/lesson.html", **context)
+    text = email_text(
         "email/lesson.txt", **context, body_text=markdown_to_text(lesson.body, links)
     )
     template = Template(
         subject=lesson.subject,
-        html=css_inline.inline(raw_html),
+        html=html,
         text=text,
         from_email=current_app.config["MAIL_FROM"],
         from_name=course.sender_name,
@@ -169,8 +170,8 @@ def confirmation_email(course: Course, *, subscriber_id: int, email: str,
     )
     template = Template(
         subject=course.confirmation_subject,
-        html=css_inline.inline(render_template("email/confirm.html", **context)),
-        text=render_template("email/confirm.txt", **context),
+        html=email_html("email/confirm.html", **context),
+        text=email_text("email/confirm.txt", **context),
         from_email=current_app.config["MAIL_FROM"],
         from_name=course.sender_name,
         reply_to=current_app.config.get("MAIL_REPLY_TO", ""),

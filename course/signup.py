@@ -23,7 +23,7 @@ from .timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
-CONSENT_VERSION = "signup-v1"
+CONSENT_VERSION = "signup-v2"
 NAME_MAX = 100
 REJOINABLE = (Status.UNSUBSCRIBED, Status.BOUNCED, Status.COMPLAINED)
 

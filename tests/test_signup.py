@@ -106,7 +106,7 @@ def test_new_signup_is_pending_records_consent_and_sends_a_confirmation(
     assert sub.consent_at is not None and abs((utcnow() - sub.consent_at).total_seconds()) < 60
     assert sub.consent_ip == "127.0.0.1"
     assert sub.consent_user_agent == UA
-    assert sub.consent_version == "signup-v1"
+    assert sub.consent_version == "signup-v2"
     assert sub.next_send_at is None
     run_jobs(app)
     assert len(confirm_links(outbox, "ann@example.com")) == 1
@@ -158,7 +158,7 @@ def test_unsubscribed_address_can_join_again_through_confirmation(
     add(app, "ann@example.com", Status.UNSUBSCRIBED)
     post_signup(client, "ann@example.com")
     sub = subscriber(app, "ann@example.com")
-    assert sub is not None and sub.status == Status.PENDING and sub.consent_version == "signup-v1"
+    assert sub is not None and sub.status == Status.PENDING and sub.consent_version == "signup-v2"
     run_jobs(app)
     [link] = confirm_links(outbox, "ann@example.com")
     page = client.get(link)
