@@ -14,7 +14,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from .config import ROOT
-from .lessons import CourseError, load_course
+from .lessons import Course, CourseError, load_course
 
 
 @click.group("lessons")
@@ -28,7 +28,9 @@ def lessons_cli() -> None:
 def lessons_check(directory: Path | None) -> None:
     """Validate the course file and every lesson; print file:line: problem for each fault.
 
-    Works even when the app itself refuses to start because of the course.
+    Works even when the app itself refuses to start because of the course. A valid course
+    is then rendered with the app's settings, and a lesson whose per-recipient data would
+    not fit in one SendGrid personalization fails too (``course.lesson_fit``).
     """
     folder = directory or Path(os.environ.get("LESSONS_DIR") or ROOT / "lessons")
     try:
@@ -38,10 +40,30 @@ def lessons_check(directory: Path | None) -> None:
             click.echo(problem, err=True)
         click.echo(f"{len(exc.problems)} problem(s) in {folder}", err=True)
         sys.exit(1)
+    too_big = personalization_problems(course)
+    if too_big:
+        for problem in too_big:
+            click.echo(problem, err=True)
+        click.echo(f"{len(too_big)} problem(s) in {folder}", err=True)
+        sys.exit(1)
     click.echo(f"ok: {course.title!r}, {course.length} lessons, every {course.cadence_days} "
                f"day(s) at {course.send_hour:02d}:00 local time")
     for lesson in course.lessons:
         click.echo(f"  {lesson.position:>2}. {lesson.slug}: {lesson.subject}")
+
+
+def personalization_problems(course: Course) -> list[str]:
+    """``course.lesson_fit``'s problems, rendered in the app this command belongs to."""
+    from flask.cli import ScriptInfo
+
+    from .lesson_fit import course_problems
+
+    try:
+        app = click.get_current_context().ensure_object(ScriptInfo).load_app()
+    except Exception as exc:  # noqa: BLE001 - whatever stops the app, say it in one line
+        return [f"cannot measure each recipient's data: the app does not start ({exc})"]
+    with app.app_context():
+        return course_problems(course)
 
 
 @click.group("course")
