@@ -97,11 +97,12 @@ class RenderedLesson:
 
     def with_links(self, choose: Callable[[str], bool]) -> Template:
         """The template with each chosen link going straight to its target, untracked."""
-        out = {"html": self.template.html, "text": self.template.text}
+        html_part, text_part = self.template.html, self.template.text
         for url, tracked in zip(self.links, self.tracked, strict=True):
             if choose(url):
-                out = {part: text.replace(tracked, url) for part, text in out.items()}
-        return replace(self.template, **out)
+                html_part = html_part.replace(tracked, url)
+                text_part = text_part.replace(tracked, url)
+        return replace(self.template, html=html_part, text=text_part)
 
 
 def rewrite_links_html(body_html: str, links: list[str], mark: Callable[[int], str]) -> str:
