@@ -89,10 +89,13 @@ class RenderedLesson:
     tracked: tuple[str, ...] = ()
     # Worked out once per lesson version, not once per recipient (see ``recipient_for``).
     marks: dict[str, str] = field(init=False, repr=False, compare=False)
+    mark_tuple: tuple[str, ...] = field(init=False, repr=False, compare=False)
     lesson_key: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "marks", marks_for(self.nonce, RECIPIENT_KEYS))
+        marks = marks_for(self.nonce, RECIPIENT_KEYS)
+        object.__setattr__(self, "marks", marks)
+        object.__setattr__(self, "mark_tuple", tuple(marks[key] for key in RECIPIENT_KEYS))
         object.__setattr__(self, "lesson_key", self.content_hash[:LESSON_KEY_LENGTH])
 
     def with_links(self, choose: Callable[[str], bool]) -> Template:
@@ -218,22 +221,23 @@ def recipient_for(
     links go to the address the lesson was rendered for; ``base_url``, if given, must be it.
     """
     base = rendered.base_url
-    if base_url is not None and base_url.rstrip("/") != base:
+    if base_url is not None and base_url != base and base_url.rstrip("/") != base:
         raise ValueError(f"lesson rendered for {base}, not {base_url}")
     sign = (signer or tokens.Signer()).make_json
     d = f'{{"d":{delivery_id:d}}}'
     unsubscribe = f'{{"s":{subscriber_id:d}}}'
     unsubscribe_url = f"{base}/u/{sign('unsubscribe', unsubscribe)}"
-    hello = greeting(without(rendered.nonce, name))
-    m = rendered.marks
+    hello = greeting(without(rendered.nonce, name) if rendered.nonce in name else name)
+    # The placeholders, in RECIPIENT_KEYS order (unpacked: cheaper than seven lookups).
+    p_greet, p_greet_html, p_open, p_done, p_web, p_unsub, p_click = rendered.mark_tuple
     subs = {
-        m["greeting"]: hello,
-        m["greeting_html"]: html.escape(hello),
-        m["open_url"]: f"{base}/o/{sign('open', d)}.gif",
-        m["done_url"]: f"{base}/done/{sign('complete', d)}",
-        m["web_url"]: f"{base}/l/{sign('web', d)}",
-        m["unsubscribe_url"]: unsubscribe_url,
-        m["click"]: sign("click", f'{{"d":{delivery_id:d},"l":"{rendered.lesson_key}"}}'),
+        p_greet: hello,
+        p_greet_html: html.escape(hello),
+        p_open: f"{base}/o/{sign('open', d)}.gif",
+        p_done: f"{base}/done/{sign('complete', d)}",
+        p_web: f"{base}/l/{sign('web', d)}",
+        p_unsub: unsubscribe_url,
+        p_click: sign("click", f'{{"d":{delivery_id:d},"l":"{rendered.lesson_key}"}}'),
     }
     return Recipient(
         email=email,
