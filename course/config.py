@@ -101,7 +101,9 @@ def load(env: Mapping[str, str], instance_path: Path) -> dict[str, Any]:
             env.get("DATABASE_URL") or f"sqlite:///{instance_path / 'minicourse.db'}"
         ),
         "REDIS_URL": env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
-        "BASE_URL": (env.get("BASE_URL") or "http://127.0.0.1:5000").rstrip("/"),
+        # By default the address ``flask dev`` serves on (PORT, as for ``make run``).
+        "BASE_URL": (env.get("BASE_URL")
+                     or f"http://127.0.0.1:{_int(env, 'PORT', 5000)}").rstrip("/"),
         "MAIL_BACKEND": (env.get("MAIL_BACKEND") or "outbox").strip().lower(),
         "MAIL_FROM": env.get("MAIL_FROM") or "course@example.com",
         "MAIL_REPLY_TO": env.get("MAIL_REPLY_TO") or "",

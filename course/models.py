@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -85,6 +86,9 @@ class Subscriber(Model):
     consent_ip: Mapped[str] = mapped_column(String(45), default="")
     consent_user_agent: Mapped[str] = mapped_column(String(512), default="")
     consent_version: Mapped[str] = mapped_column(String(32), default="")
+    # A test address (``flask course rehearse``): never in a figure (``real_subscribers``).
+    is_test: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(),
+                                          index=True)
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -23,6 +23,7 @@ from sqlalchemy import ColumnElement, and_, case, func, not_, or_
 
 from .extensions import db
 from .models import Delivery, Event, EventKind, Subscriber
+from .rehearsal import of_real_subscribers, real_subscribers
 from .tracking_buffer import HIT_PREFIX
 
 # --- the definitions ------------------------------------------------------------------------
@@ -101,7 +102,7 @@ class HitCounts:
 def lesson_funnel() -> list[LessonFunnel]:
     """Per lesson (by position): sent, opened at all, opened by a person (or done),
     machine-only opens, clicked by a person, followed by a machine, done."""
-    sent = Delivery.sent_at.is_not(None)
+    sent = and_(Delivery.sent_at.is_not(None), of_real_subscribers(Delivery.subscriber_id))
     rows = db.session.execute(
         db.select(
             Delivery.position,
@@ -157,7 +158,8 @@ def hits_per_lesson() -> dict[int, HitCounts]:
     rows = db.session.execute(
         db.select(Delivery.position, *_hit_counts())
         .join(Event, Event.delivery_id == Delivery.id)
-        .where(Event.kind.in_([EventKind.OPEN, EventKind.CLICK]))
+        .where(Event.kind.in_([EventKind.OPEN, EventKind.CLICK]),
+               of_real_subscribers(Delivery.subscriber_id))
         .group_by(Delivery.position)
     ).all()
     return {position: HitCounts(*counts) for position, *counts in rows}
@@ -179,11 +181,11 @@ def completions() -> dict[str, int]:
     """Subscribers who were sent at least one lesson, and those who completed the course."""
     started = db.session.scalar(
         db.select(func.count(func.distinct(Delivery.subscriber_id)))
-        .where(Delivery.sent_at.is_not(None))
+        .where(Delivery.sent_at.is_not(None), of_real_subscribers(Delivery.subscriber_id))
     )
     completed = db.session.scalar(
         db.select(func.count()).select_from(Subscriber)
-        .where(Subscriber.completed_at.is_not(None))
+        .where(Subscriber.completed_at.is_not(None), real_subscribers())
     )
     return {"started": started or 0, "completed": completed or 0}
 

@@ -84,9 +84,16 @@ def test_links_in_the_lesson_are_rewritten_to_signed_click_urls(make_app, outbox
     assert click in text
     from course import tokens
 
+    link, recipient = click.removeprefix("http://localhost/c/").split("/")
     with app.app_context():
-        payload = tokens.read("click", click.rsplit("/", 1)[1])
-    assert payload["u"] == "https://example.org/guide?a=1&b=2"
+        target = tokens.read("link", link)
+        who = tokens.read("click", recipient)
+    # The target is signed once for the lesson; the recipient's token names the delivery.
+    assert target["u"] == "https://example.org/guide?a=1&b=2"
+    assert set(who) == {"d", "l"} and who["l"] == target["l"]
+    answer = app.test_client().get(click.removeprefix("http://localhost"))
+    assert answer.status_code == 302
+    assert answer.headers["Location"] == "https://example.org/guide?a=1&b=2"
 
 
 def test_each_lesson_version_is_rendered_once(app, outbox):

@@ -36,6 +36,7 @@ from ..content import current_course
 from ..extensions import db
 from ..models import Status, Subscriber
 from ..queue import TICK_QUEUE, enqueue, redis_connection
+from ..rehearsal import real_subscribers
 from ..timeutil import utcnow
 from . import bp
 from .queries import status_counts
@@ -63,7 +64,8 @@ def signups_per_day(now: datetime, days: int = SIGNUP_DAYS) -> list[tuple[str, i
     start = datetime(first.year, first.month, first.day, tzinfo=UTC)
     day = func.date(Subscriber.created_at)  # stored as naive UTC, so this is the UTC day
     rows = db.session.execute(
-        db.select(day, func.count()).where(Subscriber.created_at >= start).group_by(day)
+        db.select(day, func.count())
+        .where(Subscriber.created_at >= start, real_subscribers()).group_by(day)
     ).all()
     return fill_days(first, days, {str(value)[:10]: int(n) for value, n in rows})
 

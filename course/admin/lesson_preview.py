@@ -23,7 +23,7 @@ from ..content import current_course
 from ..extensions import limiter
 from ..lessons import Course, Lesson
 from ..mail import MailError, Recipient, Template, get_backend, substitute
-from ..render import _click_key, recipient_for, render_lesson
+from ..render import recipient_for, render_lesson
 from ..security import CSP
 from ..timeutil import utcnow
 from . import bp
@@ -82,12 +82,10 @@ def sample_email(course: Course, lesson: Lesson, email: str) -> LessonEmail:
     rendered = render_lesson(course, lesson)
     recipient = recipient_for(rendered, delivery_id=PREVIEW_ID, subscriber_id=PREVIEW_ID,
                               email=email, name=SAMPLE_NAME)
-    for index, url in enumerate(rendered.links):
-        if PLAIN_URL_RE.match(url):
-            recipient.substitutions[_click_key(index)] = url
     # No delivery id for the provider's events either: they must not land on a delivery.
     recipient.custom_args = {"preview": "1"}
-    return LessonEmail(rendered.template, recipient)
+    return LessonEmail(rendered.with_links(lambda url: bool(PLAIN_URL_RE.match(url))),
+                       recipient)
 
 
 @bp.route("/lessons/<int:position>")

@@ -14,6 +14,7 @@ from sqlalchemy.orm import InstrumentedAttribute, joinedload
 from ..extensions import db
 from ..ids import DB_ID_MAX
 from ..models import Delivery, DeliveryStatus, Status, Subscriber, SubscriberSearch
+from ..rehearsal import real_subscribers
 from ..timeutil import utcnow
 from ..tracking_stats import count_opened
 
@@ -239,7 +240,8 @@ def status_counts() -> dict[str, int]:
     """How many subscribers are in each status (every status listed, zeros included)."""
     counts = dict.fromkeys(Status.ALL, 0)
     rows = db.session.execute(
-        db.select(Subscriber.status, func.count()).group_by(Subscriber.status)
+        db.select(Subscriber.status, func.count()).where(real_subscribers())
+        .group_by(Subscriber.status)
     ).all()
     for status, count in rows:
         counts[status] = count
