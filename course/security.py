@@ -94,7 +94,7 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 class BaseUrlOnly:
     """WSGI middleware for production: a request for any host but ``BASE_URL``'s gets 400,
-    and every request takes ``BASE_URL``'s scheme.
+    and every request takes ``BASE_URL``'s scheme and host (spelled as there: case, port).
 
     Werkzeug builds the absolute URLs of its own redirects (``/admin`` to ``/admin/``) from
     the request's Host and scheme, so ``Host: evil.example`` used to come back in a
@@ -110,6 +110,7 @@ class BaseUrlOnly:
         self.wsgi_app = wsgi_app
         self.scheme = parts.scheme
         self.hostname = parts.hostname or ""
+        self.netloc = parts.netloc
         self.warned = False
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -130,6 +131,7 @@ class BaseUrlOnly:
                                                ("Cache-Control", "no-store")])
             return [body]
         environ["wsgi.url_scheme"] = self.scheme
+        environ["HTTP_HOST"] = self.netloc
         return self.wsgi_app(environ, start_response)
 
 

@@ -142,7 +142,9 @@ class SGEvent:
 
 
 def _text(value: Any, limit: int) -> str:
-    return value[:limit] if isinstance(value, str) else ""
+    """A string field, cut to ``limit``; NUL removed, which PostgreSQL's text cannot hold
+    (it made a whole signed batch fail with a 503, retried by SendGrid for a day)."""
+    return value.replace("\x00", "")[:limit] if isinstance(value, str) else ""
 
 
 def _delivery_id(value: Any) -> int | None:

@@ -127,6 +127,20 @@ def test_an_escaped_surrogate_pair_is_a_real_character_and_is_stored(signed_app:
         assert bounce.subscriber_id == d.subscriber_id
 
 
+def test_nul_characters_are_dropped_from_what_is_stored(signed_app: Flask, key):
+    """NUL is valid JSON and valid Unicode, so not a bad shape, but PostgreSQL's text type
+    cannot hold it: the batch is kept, without the NULs."""
+    with signed_app.app_context():
+        d = lesson_delivery()
+        raw = event("bounce", d, type="bounce", reason="550\u0000 gone", useragent="UA\u0000")
+        r = post_raw(signed_app, key, json.dumps([raw]).encode())
+        assert r.status_code == 200 and r.json["stopped"] == 1
+        [bounce] = events_of(EventKind.BOUNCE)
+        assert bounce.user_agent == "UA"
+        db.session.expire_all()
+        assert db.session.get(type(d), d.id).error == "bounce: 550 gone"
+
+
 @pytest.mark.parametrize("body", [
     json.dumps([{"event": "delivered"}]).encode("utf-16"),
     json.dumps([{"event": "delivered"}]).encode("utf-32"),

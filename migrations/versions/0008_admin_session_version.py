@@ -6,7 +6,8 @@ Revises: 0005
 Every admin session carries the version it was signed in under and loads only while the
 admin's row still holds it (``course/admin/auth.py``), so bumping it ends every copy of
 every cookie of that admin at once. It replaces the "session epoch" rows that disabling an
-admin used to leave in ``app_state``, which are deleted here.
+admin used to leave in ``app_state``, which are deleted here. Sessions signed in before
+the upgrade carry the old fingerprint and end: each admin signs in once more.
 """
 import sqlalchemy as sa
 from alembic import op
