@@ -34,6 +34,7 @@ from sqlalchemy import and_, case, func, or_
 
 from .extensions import db
 from .models import Delivery, Status, Subscriber
+from .rehearsal import real_subscribers
 from .tracking_stats import opened_by_person
 
 LEFT = (Status.UNSUBSCRIBED, Status.BOUNCED, Status.COMPLAINED)
@@ -111,12 +112,12 @@ def lesson_loss(now: datetime, days: int = DEFAULT_STALLED_DAYS,
         db.select(Subscriber.status, left_after, stalled_at, func.count())
         .select_from(Subscriber)
         .outerjoin(per, per.c.sid == Subscriber.id)
-        .where(Subscriber.status.in_(LEFT + STILL_SUBSCRIBED))
+        .where(Subscriber.status.in_(LEFT + STILL_SUBSCRIBED), real_subscribers())
         .group_by(Subscriber.status, left_after, stalled_at)
     ).all()
     waiting = db.session.execute(
         db.select(Subscriber.next_position, func.count())
-        .where(Subscriber.status.in_(IN_COURSE))
+        .where(Subscriber.status.in_(IN_COURSE), real_subscribers())
         .group_by(Subscriber.next_position)
     ).all()
     return summarise(days, rows, waiting, length)

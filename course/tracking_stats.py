@@ -219,7 +219,7 @@ def clicks_per_link() -> list[LinkClicks]:
             _counted(Event.machine.is_(True)),
         )
         .join(Delivery, Delivery.id == Event.delivery_id)
-        .where(Event.kind == EventKind.CLICK, _ours())
+        .where(Event.kind == EventKind.CLICK, _ours(), of_real_subscribers(Event.subscriber_id))
         .group_by(Delivery.position, url)
     ).all()
     links = [LinkClicks(position, link, int(people), int(hc), int(mc))
