@@ -156,10 +156,14 @@ def recipient_for(
     )
 
 
-def confirmation_email(course: Course, *, subscriber_id: int, email: str,
-                       name: str) -> tuple[Template, Recipient]:
-    """The double opt-in message. Not tracked: it carries only the confirm link."""
-    confirm_url = external_url(f"/confirm/{tokens.make('confirm', {'s': subscriber_id})}")
+def confirmation_email(course: Course, *, token: str, email: str) -> tuple[Template, Recipient]:
+    """The double opt-in message. Not tracked: it carries only the confirm link.
+
+    No name anywhere, neither in the To header nor in the greeting: whoever fills in the
+    form chooses it, and this email goes to an address that has not agreed to anything yet.
+    ``token`` is the signed confirm token of one signup (``course.signup.confirmation_token``).
+    """
+    confirm_url = external_url(f"/confirm/{token}")
     context: dict[str, Any] = dict(
         course=course,
         intro=Markup(render_markdown(course.confirmation_intro)),
@@ -176,12 +180,4 @@ def confirmation_email(course: Course, *, subscriber_id: int, email: str,
         reply_to=current_app.config.get("MAIL_REPLY_TO", ""),
         categories=("confirmation",),
     )
-    recipient = Recipient(
-        email=email,
-        name=name,
-        substitutions={
-            "%%greeting%%": greeting(name),
-            "%%greeting_html%%": html.escape(greeting(name)),
-        },
-    )
-    return template, recipient
+    return template, Recipient(email=email)
