@@ -31,15 +31,15 @@ def test_whole_course_arrives_once_in_order_at_9am_local_across_the_dst_change(a
     start = datetime(2026, 10, 27, 15, 0, tzinfo=NEW_YORK)
     with time_machine.travel(start, tick=True) as clock:
         with app.test_request_context():
-            sub = signup.signup("learner@example.com", "Lee", "America/New_York",
+            req = signup.signup("learner@example.com", "Lee", "America/New_York",
                                 signup.Consent(ip="127.0.0.1", user_agent="pytest"))
-            sub_id = sub.id
+            sub_id, nonce = req.subscriber_id, req.nonce
         run_jobs(app)
         assert [m["Subject"] for m in outbox] == [
             "Please confirm your spot in Networking for career changers"
         ]
         with app.app_context():
-            signup.confirm(sub_id)
+            signup.confirm(sub_id, nonce)
         run_jobs(app)  # the immediate tick, then lesson 1
         assert len(lesson_subjects(outbox)) == 1, "lesson 1 goes out right away"
 
@@ -99,4 +99,5 @@ def test_the_cron_file_schedules_the_tick_the_tracking_flush_and_the_webhook_swe
         "tick": (queue.TICK_QUEUE, 60),
         "flush_tracking": (queue.TICK_QUEUE, 5),
         "requeue_webhooks": (queue.TICK_QUEUE, 300),
+        "send_owed_confirmations": (queue.TICK_QUEUE, 60),
     }

@@ -4,7 +4,6 @@ the address and name rules at every way in."""
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -201,11 +200,6 @@ def test_the_cron_lets_old_and_finished_signups_be(make_app: Any, outbox: list[A
         assert confirmations.send_owed() == 1  # old@ is still in time, gone@ left
     run_jobs(up)
     assert len(outbox) == 1
-
-
-def test_the_cron_registers_the_owed_confirmations_job() -> None:
-    text = (Path(__file__).parent.parent / "workers" / "cron.py").read_text()
-    assert re.search(r"cron\.register\(send_owed_confirmations, [^)]*interval=60", text)
 
 
 # --- 3. the same work for every address ------------------------------------------------------
