@@ -52,6 +52,7 @@ def test_newcomer_signs_up_confirms_reads_marks_done_unsubscribes_and_rejoins(
     page.get_by_label(re.compile(r"^Yes, please email me")).check()
     page.get_by_role("button", name="Send me lesson 1").click()
     expect(h1).to_have_text("Check your inbox")
+    expect(page.locator("main")).to_contain_text(f"sending an email to {EMAIL}")
     site.check(page, "02-check-inbox")
     sub = subscriber(site.app)
     assert (sub.status, sub.name, sub.timezone) == (Status.PENDING, "Nia", BROWSER_ZONE)
