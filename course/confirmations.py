@@ -2,8 +2,9 @@
 
 Signup writes a ``SignupRequest`` first and queues its job second, so a signup made while
 Redis is down is saved, with ``queued_at`` left empty. :func:`send_owed`, run by the cron
-(``workers/cron.py``), finds such requests in the database and queues them again; it also
-retries one whose send failed for a reason that may pass (the provider busy, the network).
+(``workers/cron.py``), finds such requests in the database (not handled yet, or handled
+and owed a confirmation) and queues them again; it also retries one whose send failed for
+a reason that may pass (the provider busy, the network), and one whose job Redis lost.
 
 A worker *claims* a request (``sent_at`` set by a conditional update) before sending, so
 duplicate jobs, or a job and the sweep, never send the same confirmation twice.
@@ -23,7 +24,7 @@ from .extensions import affected_rows, db
 from .mail import AuthError, MailError, TransientError, get_backend
 from .models import SignupRequest, Status, Subscriber
 from .render import confirmation_email
-from .signup import RequestState, confirmation_token, enqueue_confirmations
+from .signup import RequestState, confirmation_token, enqueue_confirmations, handle
 from .timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,12 @@ def _owed(now: datetime) -> list[Any]:
     max_age = timedelta(seconds=int(current_app.config["CONFIRM_MAX_AGE"]))
     pending = db.select(Subscriber.id).where(Subscriber.status == Status.PENDING)
     return [
-        SignupRequest.state == RequestState.OWED,
+        SignupRequest.state.in_([RequestState.NEW, RequestState.OWED]),
         SignupRequest.sent_at.is_(None),
         SignupRequest.attempts < MAX_ATTEMPTS,
         SignupRequest.created_at > now - max_age,
         or_(SignupRequest.queued_at.is_(None), SignupRequest.queued_at < now - REQUEUE_AFTER),
-        SignupRequest.subscriber_id.in_(pending),
+        or_(SignupRequest.state == RequestState.NEW, SignupRequest.subscriber_id.in_(pending)),
     ]
 
 
@@ -73,12 +74,14 @@ def send_owed() -> int:
 
 
 def send(request_id: int) -> bool:
-    """Send one request's confirmation, if it is still owed and its subscriber still waits.
+    """Handle a signup not handled yet (``course.signup.handle``: find or create the
+    subscriber), then send its confirmation if one is owed and the subscriber still waits.
 
     Returns True when the provider took it. A failure that may pass gives the claim back
     (the sweep tries again later, at most ``MAX_ATTEMPTS`` times); a refusal, or a request
     whose answer never came, keeps it: it is not resent blindly.
     """
+    handle(request_id)
     now = utcnow()
     pending = db.select(Subscriber.id).where(Subscriber.status == Status.PENDING)
     claimed = affected_rows(db.session.execute(

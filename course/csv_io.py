@@ -22,7 +22,7 @@ from typing import Any
 from .lessons import Course
 from .models import Status
 from .schedule import next_send_time, valid_timezone
-from .signup import AddressError, check_address, clean_name
+from .signup_input import AddressError, check_address, clean_name
 
 # Excel reads a UTF-8 file as UTF-8 only when it starts with a byte order mark; the
 # import reads the file as "utf-8-sig", which takes the mark when there is one.

@@ -12,7 +12,7 @@ from flask_wtf import FlaskForm
 from wtforms import BooleanField, EmailField, HiddenField, StringField
 from wtforms.validators import DataRequired, InputRequired, ValidationError
 
-from .signup import NAME_MAX, AddressError, clean_name, name_problem, subscriber_address
+from .signup_input import NAME_MAX, AddressError, clean_name, name_problem, subscriber_address
 
 
 class SignupForm(FlaskForm):

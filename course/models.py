@@ -109,11 +109,13 @@ class SignupRequest(Model):
     """One signup (or "send me a new link") of an address: its data, its consent and the
     nonce its confirmation link carries.
 
-    Confirming applies the data of the request whose link was used, so signing up a pending
-    address again never changes what an earlier link confirms, and a link made before the
-    subscriber left cannot bring them back (rejoining voids the older requests). Rows are
-    also the per-address count of confirmations (``course.signup.CONFIRMATIONS_PER_DAY``)
-    and, with ``sent_at`` empty, the confirmations still owed when Redis was down.
+    The web request only writes this row (the same work whatever the address), and a job
+    does the rest. Confirming applies the data of the request whose link was used, so
+    signing up a pending address again never changes what an earlier link confirms, and a
+    link made before the subscriber left cannot bring them back (rejoining voids the older
+    requests). Rows are also the per-address count of confirmations
+    (``course.signup.CONFIRMATIONS_PER_DAY``) and, not yet handled or sent, the work still
+    owed when Redis was down.
     """
 
     __tablename__ = "signup_request"
@@ -124,13 +126,17 @@ class SignupRequest(Model):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    subscriber_id: Mapped[int] = mapped_column(
+    # The address as the form gave it (canonical). The subscriber is looked up or created
+    # by the job that handles the request, not by the web request (``course.signup``).
+    email: Mapped[str] = mapped_column(String(320))
+    subscriber_id: Mapped[int | None] = mapped_column(
         ForeignKey("subscriber.id", ondelete="CASCADE")
     )
     # Random, 22 URL-safe characters; "" only for requests carried over by migration 0007.
     nonce: Mapped[str] = mapped_column(String(32))
-    # "owed": a confirmation is (or was) sent; "held": none is sent (the address is already
-    # taking the course, or its daily count is used up); "confirmed"; "void" (superseded).
+    # "new": not handled yet; "owed": a confirmation is (or was) sent; "held": none is sent
+    # (the address is already taking the course, or its daily count is used up);
+    # "confirmed"; "void" (superseded by a rejoin or by another confirmed request).
     state: Mapped[str] = mapped_column(String(16))
     name: Mapped[str] = mapped_column(String(100), default="")
     timezone: Mapped[str] = mapped_column(String(64))

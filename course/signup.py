@@ -1,24 +1,20 @@
 """Signup, confirmation and unsubscription: the subscriber's life cycle, apart from HTTP.
 
-The views call these; each either commits a whole change or none of it. Signup does the
-same work whatever state the address is in (the same rows written, the same job queued),
-so neither its answer nor its timing tells who is subscribed. Each signup is its own
-``SignupRequest`` with its own nonce: a confirmation link confirms the data of the signup
-it was sent for, and nothing else. The rules for addresses and names are here too, so
-every way in (the form, the CSV import, the CLI) applies the same ones.
+The views call these; each either commits a whole change or none of it. A signup's web
+request writes one ``SignupRequest`` row and queues one job, whatever the address, so
+neither its answer nor its timing can tell who is subscribed; the job (:func:`handle`)
+finds or creates the subscriber and decides whether a confirmation is due. Each signup has
+its own nonce: a confirmation link confirms the data of the signup it was sent for, and
+nothing else. The rules for addresses and names are in ``course/signup_input.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import secrets
-import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from email_validator import EmailNotValidError, validate_email
-from flask import current_app
 from redis.exceptions import RedisError
 from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
@@ -29,13 +25,14 @@ from .extensions import db
 from .models import Event, EventKind, SignupRequest, Status, Subscriber
 from .pipeline import cancel_pending
 from .schedule import valid_timezone
+from .signup_input import NAME_MAX as NAME_MAX
+from .signup_input import clean_name
+from .signup_input import normalise_email as normalise_email
 from .timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
 CONSENT_VERSION = "signup-v1"
-# A first name, not a sentence: long enough for "Maria del Carmen", too short for a pitch.
-NAME_MAX = 50
 REJOINABLE = (Status.UNSUBSCRIBED, Status.BOUNCED, Status.COMPLAINED)
 # Confirmation emails one address may be sent in 24 hours, counted in the database (a
 # signup form that mails anyone is a way to flood an inbox; Redis may be down or flushed).
@@ -46,122 +43,11 @@ SEND_JOB = "workers.tasks.send_confirmation"
 class RequestState:
     """``SignupRequest.state``."""
 
+    NEW = "new"  # recorded by the web request, not handled by a job yet
     OWED = "owed"  # a confirmation is sent for it (``sent_at`` says whether it was yet)
     HELD = "held"  # no confirmation: the address is already in, or its day's count is used
     CONFIRMED = "confirmed"
     VOID = "void"  # the subscriber left and joined again, or confirmed another request
-
-
-# --- addresses and names -------------------------------------------------------------------
-
-INVALID_ADDRESS = "Please enter a valid email address, like name@example.com."
-NON_ASCII_LOCAL = (
-    "Please use an address with only plain letters (a to z), digits and dots before the @: "
-    "we can't send to accented or non-Latin letters there yet."
-)
-RESERVED_ADDRESS = (
-    "That address is reserved for examples and tests and never receives email. "
-    "Please enter your own address."
-)
-# RFC 2606 and RFC 6761 names that never receive mail. In development they are welcome
-# (the README's examples use them); in production they are refused.
-RESERVED_TLDS = ("test", "example", "invalid", "localhost")
-RESERVED_DOMAINS = ("example.com", "example.net", "example.org")
-
-
-class AddressError(ValueError):
-    """An address that cannot be used; ``str()`` is the reason, written for people, and
-    ``kind`` says which ("invalid", "non_ascii" or "reserved") for callers that word it
-    their own way (the CSV import)."""
-
-    def __init__(self, message: str, kind: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-def reserved_domain(domain: str) -> bool:
-    domain = domain.lower().rstrip(".")
-    return domain.rsplit(".", 1)[-1] in RESERVED_TLDS or any(
-        domain == d or domain.endswith("." + d) for d in RESERVED_DOMAINS)
-
-
-def check_address(raw: str, *, check_deliverability: bool = False,
-                  allow_test_domains: bool = False) -> str:
-    """The canonical form of an address: lower-cased, its domain in ASCII (IDNA), or
-    :class:`AddressError` saying why not.
-
-    A Unicode domain becomes its ``xn--`` form, which every mail system takes. A local part
-    (before the @) outside ASCII needs SMTPUTF8 end to end, which we cannot promise, so it
-    is refused here with a clear message rather than accepted and never delivered.
-    ``allow_test_domains`` accepts reserved names such as ``example.test`` (development);
-    without it they are refused, ``example.com`` and its siblings included.
-    """
-    raw = (raw or "").strip()
-    if not raw or len(raw) > 320 or any(c in raw for c in "\r\n\0"):
-        raise AddressError(INVALID_ADDRESS, "invalid")
-    local = raw.rpartition("@")[0]
-    if local and not local.isascii():
-        raise AddressError(NON_ASCII_LOCAL, "non_ascii")
-    try:
-        info = validate_email(raw, check_deliverability=check_deliverability,
-                              test_environment=allow_test_domains, allow_smtputf8=False)
-    except EmailNotValidError:
-        if not allow_test_domains and reserved_domain(raw.rpartition("@")[2]):
-            raise AddressError(RESERVED_ADDRESS, "reserved") from None
-        raise AddressError(INVALID_ADDRESS, "invalid") from None
-    address = (info.ascii_email or info.normalized).lower()
-    if not allow_test_domains and reserved_domain(address.rpartition("@")[2]):
-        raise AddressError(RESERVED_ADDRESS, "reserved")
-    return address
-
-
-def normalise_email(raw: str, *, check_deliverability: bool = False,
-                    allow_test_domains: bool = False) -> str | None:
-    """:func:`check_address` for callers that only need yes or no (admin accounts).
-
-    Unlike a subscriber's, an admin's address may be at ``example.com``: it only signs in.
-    """
-    try:
-        address = check_address(raw, check_deliverability=check_deliverability,
-                                allow_test_domains=True)
-    except AddressError:
-        return None
-    if not allow_test_domains and address.rpartition(".")[2] in RESERVED_TLDS:
-        return None
-    return address
-
-
-def subscriber_address(raw: str) -> str:
-    """A subscriber's address under this installation's rules: reserved test domains only
-    outside production. Raises :class:`AddressError`. Needs an app context."""
-    config = current_app.config
-    return check_address(raw, check_deliverability=bool(config["EMAIL_CHECK_DELIVERABILITY"]),
-                         allow_test_domains=config["MINICOURSE_ENV"] != "production")
-
-
-def clean_name(raw: str | None) -> str:
-    """Strip control and format characters (CR/LF included) and fold white space."""
-    text = "".join(
-        " " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c
-        for c in (raw or "")
-        if unicodedata.category(c) not in ("Cf", "Co", "Cs")
-    )
-    return " ".join(text.split())
-
-
-# Something a mail client would make a link of: a scheme, "www.", an address, or a
-# host name such as "pay-here.com" (a dot followed by two or more letters ending a word).
-LINK_LIKE = re.compile(r"(?i)(://|\bwww\.|@|[\w-]\.[^\W\d_]{2,}\b)")
-
-
-def name_problem(name: str) -> str | None:
-    """Why a (cleaned) name cannot be used, or None. A name reaches lessons' greetings,
-    so it must be a name: short, and without links a reader might follow."""
-    if len(name) > NAME_MAX:
-        return f"Please keep your name to {NAME_MAX} characters or fewer."
-    if LINK_LIKE.search(name):
-        return "Please enter just your name, without web or email addresses."
-    return None
 
 
 def pick_timezone(raw: str | None) -> str:
@@ -195,20 +81,24 @@ def sent_today(subscriber_id: int, now: datetime) -> int:
         db.select(func.count()).select_from(SignupRequest).where(
             SignupRequest.subscriber_id == subscriber_id,
             SignupRequest.created_at > now - timedelta(days=1),
-            SignupRequest.state != RequestState.HELD,
+            (SignupRequest.state == RequestState.OWED) | SignupRequest.sent_at.is_not(None),
         )) or 0)
+
+
+def _state_for(sub: Subscriber, now: datetime) -> str:
+    """Owed a confirmation while pending and under the day's count; held otherwise."""
+    if sub.status == Status.PENDING and sent_today(sub.id, now) < CONFIRMATIONS_PER_DAY:
+        return RequestState.OWED
+    return RequestState.HELD
 
 
 def _add_request(sub: Subscriber, now: datetime, *, name: str, timezone: str,
                  consent_at: datetime, ip: str, user_agent: str,
                  version: str) -> SignupRequest:
-    """A new request for ``sub``: owed a confirmation while pending and under the day's
-    count, held otherwise. The count runs on every path, so every path costs the same."""
-    under_limit = sent_today(sub.id, now) < CONFIRMATIONS_PER_DAY
-    state = (RequestState.OWED if sub.status == Status.PENDING and under_limit
-             else RequestState.HELD)
-    req = SignupRequest(subscriber_id=sub.id, nonce=new_nonce(), state=state, name=name,
-                        timezone=timezone, consent_at=consent_at, consent_ip=ip[:45],
+    """A request for a known subscriber (a resend, an import), its state decided now."""
+    req = SignupRequest(email=sub.email, subscriber_id=sub.id, nonce=new_nonce(),
+                        state=_state_for(sub, now), name=name, timezone=timezone,
+                        consent_at=consent_at, consent_ip=ip[:45],
                         consent_user_agent=clean_name(user_agent)[:512],
                         consent_version=version, created_at=now, queued_at=now, attempts=0)
     db.session.add(req)
@@ -245,42 +135,72 @@ def enqueue_confirmations(request_ids: list[int]) -> bool:
     return True
 
 
-def signup(email: str, name: str, timezone: str, consent: Consent) -> SignupRequest | None:
-    """Record a signup, and send a confirmation if one is due. The same work for every
-    address: a request row, an event and a queued job, whatever the address's state.
-
-    New and re-joining addresses become pending; a pending one gets a fresh confirmation
-    (at most ``CONFIRMATIONS_PER_DAY``); an active, paused or finished one is left alone
-    (its request is ``held``, and its job finds nothing to send). The subscriber's name,
-    time zone and consent change only when a link is confirmed (a new address starts with
-    this signup's). The row is saved even when Redis is down.
-    """
+def signup(email: str, name: str, timezone: str, consent: Consent) -> SignupRequest:
+    """Record a signup and queue the job that handles it: one row, one job, and no look at
+    the address's state, so every address costs the same. Saved even when Redis is down
+    (the cron queues the job later: ``course.confirmations.send_owed``)."""
     now = utcnow()
-    sub = db.session.scalar(db.select(Subscriber).where(Subscriber.email == email))
-    if sub is None:
-        sub = Subscriber(email=email, status=Status.PENDING, next_position=1, name=name,
-                         timezone=timezone, consent_at=now, consent_ip=consent.ip[:45],
-                         consent_user_agent=clean_name(consent.user_agent)[:512],
-                         consent_version=consent.version)
-        db.session.add(sub)
-        try:
-            db.session.flush()
-        except IntegrityError:
-            # The same address signing up twice at once: the other request did the work.
-            db.session.rollback()
-            return None
-    elif sub.status in REJOINABLE:
-        sub.status = Status.PENDING
-        sub.unsubscribed_at = None
-        _void_requests(sub.id)
-    req = _add_request(sub, now, name=name, timezone=timezone, consent_at=now, ip=consent.ip,
-                       user_agent=consent.user_agent, version=consent.version)
-    db.session.add(Event(subscriber_id=sub.id, kind=EventKind.SIGNUP, occurred_at=now))
+    req = SignupRequest(email=email, nonce=new_nonce(), state=RequestState.NEW, name=name,
+                        timezone=timezone, consent_at=now, consent_ip=consent.ip[:45],
+                        consent_user_agent=clean_name(consent.user_agent)[:512],
+                        consent_version=consent.version, created_at=now, queued_at=now,
+                        attempts=0)
+    db.session.add(req)
     db.session.flush()
     request_id = req.id  # read before the commit expires it, which would cost a query
     db.session.commit()
     enqueue_confirmations([request_id])
     return req
+
+
+def handle(request_id: int) -> SignupRequest | None:
+    """What a signup does, run by its job: the same outcome for every caller.
+
+    A new address becomes pending with this signup's data; a re-joining one becomes pending
+    again, its older links void; a pending one gets a fresh confirmation (at most
+    ``CONFIRMATIONS_PER_DAY``); an active, paused or finished one is left alone (the request
+    is ``held``). A known subscriber's name, time zone and consent change only when a link
+    is confirmed. Returns the request, or None if it was handled already.
+    """
+    req = db.session.scalar(db.select(SignupRequest).where(SignupRequest.id == request_id)
+                            .with_for_update())
+    if req is None or req.state != RequestState.NEW:
+        db.session.rollback()
+        return None
+    now = utcnow()
+    sub = _subscriber_for(req)
+    if sub.status in REJOINABLE:
+        sub.status = Status.PENDING
+        sub.unsubscribed_at = None
+        _void_requests(sub.id)
+    req.state = _state_for(sub, now)
+    req.subscriber_id = sub.id
+    db.session.add(Event(subscriber_id=sub.id, kind=EventKind.SIGNUP,
+                         occurred_at=req.created_at))
+    db.session.commit()
+    return req
+
+
+def _subscriber_for(req: SignupRequest) -> Subscriber:
+    """The subscriber with the request's address, created pending with its data if new."""
+    find = db.select(Subscriber).where(Subscriber.email == req.email).with_for_update()
+    sub = db.session.scalar(find)
+    if sub is not None:
+        return sub
+    sub = Subscriber(email=req.email, status=Status.PENDING, next_position=1, name=req.name,
+                     timezone=req.timezone, consent_at=req.consent_at,
+                     consent_ip=req.consent_ip, consent_user_agent=req.consent_user_agent,
+                     consent_version=req.consent_version)
+    try:
+        with db.session.begin_nested():
+            db.session.add(sub)
+    except IntegrityError:
+        # Another job created it a moment ago (the same address signed up twice at once).
+        found = db.session.scalar(find)
+        if found is None:
+            raise
+        return found
+    return sub
 
 
 def request_confirmations(subscriber_ids: list[int]) -> int:
@@ -391,8 +311,9 @@ def unsubscribe(subscriber_id: int, source: str = "link") -> Subscriber | None:
     return sub
 
 
-def forget_requests(subscriber_id: int) -> None:
-    """Erasure: the signups' names, IPs and browsers go with the rest of the personal data
-    (the consent of the signup that was confirmed stays on the subscriber, scrubbed there)."""
+def forget_requests(subscriber_id: int, email: str) -> None:
+    """Erasure: the signups' addresses, names, IPs and browsers go with the rest of the
+    personal data (the consent of the signup that was confirmed stays on the subscriber,
+    scrubbed there). A signup of the address not handled yet goes too."""
     db.session.execute(db.delete(SignupRequest).where(
-        SignupRequest.subscriber_id == subscriber_id))
+        (SignupRequest.subscriber_id == subscriber_id) | (SignupRequest.email == email)))

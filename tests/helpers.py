@@ -29,7 +29,7 @@ def add_signup_request(sub: Subscriber, *, state: str = "owed", name: str | None
     from course.signup import new_nonce
 
     now = utcnow()
-    req = SignupRequest(subscriber_id=sub.id, nonce=new_nonce(), state=state,
+    req = SignupRequest(email=sub.email, subscriber_id=sub.id, nonce=new_nonce(), state=state,
                         name=sub.name if name is None else name, timezone=sub.timezone,
                         consent_at=now, consent_version="test", created_at=now,
                         queued_at=now, sent_at=now if sent else None, attempts=int(sent))

@@ -4,8 +4,9 @@ Revision ID: 0007
 Revises: 0005
 
 Every signup (and every "send me a new link") becomes a ``signup_request`` row holding
-that signup's name, time zone and consent, the nonce its confirmation link carries, and
-whether its confirmation was sent. Confirming applies the row whose link was used.
+that signup's address, name, time zone and consent, the nonce its confirmation link
+carries, and whether its confirmation was sent. The web request writes only this row; a
+job finds or creates the subscriber. Confirming applies the row whose link was used.
 
 Pending subscribers of before this revision get one row each, with their current data,
 an empty nonce (the links already mailed to them carry none) and ``sent_at`` set, so
@@ -26,7 +27,8 @@ def upgrade():
     op.create_table(
         "signup_request",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("subscriber_id", sa.Integer(), nullable=False),
+        sa.Column("email", sa.String(length=320), nullable=False),
+        sa.Column("subscriber_id", sa.Integer(), nullable=True),
         sa.Column("nonce", sa.String(length=32), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("name", sa.String(length=100), nullable=False),
@@ -48,10 +50,10 @@ def upgrade():
                     ["subscriber_id", "created_at"])
     op.create_index("ix_signup_request_state_sent_at", "signup_request", ["state", "sent_at"])
     op.execute(
-        "INSERT INTO signup_request (subscriber_id, nonce, state, name, timezone, consent_at,"
+        "INSERT INTO signup_request (email, subscriber_id, nonce, state, name, timezone, consent_at,"
         " consent_ip, consent_user_agent, consent_version, created_at, queued_at, sent_at,"
         " attempts)"
-        " SELECT id, '', 'owed', name, timezone, COALESCE(consent_at, created_at), consent_ip,"
+        " SELECT email, id, '', 'owed', name, timezone, COALESCE(consent_at, created_at), consent_ip,"
         " consent_user_agent, consent_version, COALESCE(consent_at, created_at),"
         " COALESCE(consent_at, created_at), COALESCE(consent_at, created_at), 1"
         " FROM subscriber WHERE status = 'pending'"
