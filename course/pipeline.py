@@ -28,14 +28,13 @@ from .models import Delivery, DeliveryStatus, Status, Subscriber
 from .sending import (
     claim,
     resend,
-    send_confirmation,
     send_deliveries,
     stuck_sending,
     sweep_stale_sending,
 )
 from .timeutil import utcnow
 
-__all__ = ["tick", "claim", "send_deliveries", "send_confirmation", "stuck_sending",
+__all__ = ["tick", "claim", "send_deliveries", "stuck_sending",
            "cancel_pending", "enqueue_send", "resend", "TickResult"]
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,6 @@ MD_LINK_RE = re.compile(r"(?<!!)\[([^\]]+)\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")
 # What each recipient's substitutions fill in (``click`` is their half of every click link).
 RECIPIENT_KEYS = ("greeting", "greeting_html", "open_url", "done_url", "web_url",
                   "unsubscribe_url", "click")
-CONFIRM_KEYS = ("greeting", "greeting_html")
 NONCE_TRIES = 8
 # How much of the content hash binds a click link to the lesson version it was made for.
 LESSON_KEY_LENGTH = 16
@@ -252,41 +251,28 @@ def recipient_for(
     )
 
 
-def confirmation_email(course: Course, *, subscriber_id: int, email: str,
-                       name: str) -> tuple[Template, Recipient]:
-    """The double opt-in message. Not tracked: it carries only the confirm link."""
-    confirm_url = external_url(f"/confirm/{tokens.make('confirm', {'s': subscriber_id})}")
-    for _ in range(NONCE_TRIES):
-        nonce = new_nonce()
-        mark = marks_for(nonce, CONFIRM_KEYS)
-        context: dict[str, Any] = dict(
-            course=course,
-            intro=Markup(render_markdown(course.confirmation_intro)),
-            intro_text=course.confirmation_intro.strip(),
-            confirm_url=confirm_url,
-            hours=current_app.config["CONFIRM_MAX_AGE"] // 3600,
-            mark=mark,
-        )
-        parts = (course.confirmation_subject,
-                 email_html("email/confirm.html", **context),
-                 email_text("email/confirm.txt", **context))
-        if only_marks(nonce, parts, mark.values()):
-            break
-    else:  # pragma: no cover - as in render_lesson
-        raise RuntimeError("no placeholder marker fits the confirmation email")
-    hello = greeting(without(nonce, name))
+def confirmation_email(course: Course, *, token: str, email: str) -> tuple[Template, Recipient]:
+    """The double opt-in message. Not tracked: it carries only the confirm link.
+
+    No name anywhere, neither in the To header nor in the greeting: whoever fills in the
+    form chooses it, and this email goes to an address that has not agreed to anything yet.
+    ``token`` is the signed confirm token of one signup (``course.signup.confirmation_token``).
+    """
+    confirm_url = external_url(f"/confirm/{token}")
+    context: dict[str, Any] = dict(
+        course=course,
+        intro=Markup(render_markdown(course.confirmation_intro)),
+        intro_text=course.confirmation_intro.strip(),
+        confirm_url=confirm_url,
+        hours=current_app.config["CONFIRM_MAX_AGE"] // 3600,
+    )
     template = Template(
-        subject=parts[0],
-        html=parts[1],
-        text=parts[2],
+        subject=course.confirmation_subject,
+        html=email_html("email/confirm.html", **context),
+        text=email_text("email/confirm.txt", **context),
         from_email=current_app.config["MAIL_FROM"],
         from_name=course.sender_name,
         reply_to=current_app.config.get("MAIL_REPLY_TO", ""),
         categories=("confirmation",),
     )
-    recipient = Recipient(
-        email=email,
-        name=name,
-        substitutions={mark["greeting"]: hello, mark["greeting_html"]: html.escape(hello)},
-    )
-    return template, recipient
+    return template, Recipient(email=email)

@@ -1,7 +1,7 @@
 """a session version per admin: logout, a new password and disabling end every session
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0007
 
 Every admin session carries the version it was signed in under and loads only while the
 admin's row still holds it (``course/admin/auth.py``), so bumping it ends every copy of
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0005"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
