@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from course import pipeline
+from course import confirmations, pipeline
 from course.email_layout import plain_emphasis
 from course.models import Status
-from tests.helpers import add_subscriber
+from tests.helpers import add_signup_request, add_subscriber
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDRESS = "Robin Ellis, 1 Example Street, Bristol BS1 4DJ, United Kingdom"
@@ -30,7 +30,8 @@ def send_lesson_one(app, outbox):
 def send_confirmation(app, outbox):
     with app.test_request_context():
         sub = add_subscriber("new@example.com", status=Status.PENDING)
-        assert pipeline.send_confirmation(sub.id)
+        req = add_signup_request(sub, sent=False)
+        assert confirmations.send(req.id)
     return outbox[-1]
 
 
