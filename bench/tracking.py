@@ -281,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
             from course import tokens
 
             pixel = [f"/o/{tokens.make('open', {'d': i})}.gif" for i in ids]
-            click = [f"/c/{tokens.make('click', {'d': i, 'u': 'https://example.org/x'})}"
-                     for i in ids]
+            # As lesson emails carry them: the lesson's signed target, the recipient's token.
+            link = tokens.make("link", {"l": "bench", "u": "https://example.org/x"})
+            click = [f"/c/{link}/{tokens.make('click', {'d': i, 'l': 'bench'})}" for i in ids]
         scripts = {"healthz": wrk_script(["/healthz"], tmp, "healthz"),
                    "pixel": wrk_script(pixel, tmp, "pixel"),
                    "click": wrk_script(click, tmp, "click")}

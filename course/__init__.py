@@ -40,6 +40,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(config_module.load(env, Path(app.instance_path)))
     app.config.update(overrides)
 
+    from . import content, security
+    from .ids import IdConverter
+
+    if app.config["MINICOURSE_ENV"] == "production":
+        # Inside ProxyFix, so it judges the host and scheme the proxy reports.
+        app.wsgi_app = security.BaseUrlOnly(  # type: ignore[method-assign]
+            app.wsgi_app, app.config["BASE_URL"])
     if app.config["PROXY_COUNT"]:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -47,10 +54,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     _configure_logging(app)
     _init_extensions(app)
-    from . import content, security
-
     content.init_app(app)
     security.init_app(app)
+    # Every <int:...> in a URL is bounded to what an id column holds (before any route is
+    # added): a larger number is a 404, never a database error.
+    app.url_map.converters["int"] = IdConverter
     _register_blueprints(app)
     from .cli import register_cli
 
@@ -75,7 +83,13 @@ def _init_extensions(app: Flask) -> None:
     # The admin layout gets current_user itself; public pages never touch the login session.
     login_manager.init_app(app, add_context_processor=False)
     login_manager.login_view = "admin.login"
-    login_manager.session_protection = "strong"
+    # Off: Flask-Login's "strong" mode ties a session to a hash of IP and User-Agent, but
+    # does nothing to a permanent session (ours are) beyond marking it not fresh, so a
+    # copied cookie kept working. Made strict it would still only stop a thief who cannot
+    # copy a User-Agent, and it would sign out an admin whose phone changes networks. What
+    # ends sessions is the per-admin session version checked on every request
+    # (course/admin/auth.py): logout, a new password and disabling each bump it.
+    login_manager.session_protection = None
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             event.listen(db.engine, "connect", _sqlite_pragmas)

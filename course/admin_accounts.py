@@ -1,9 +1,10 @@
 """Admin accounts, apart from HTTP: used by ``flask admin`` and the dev runner.
 
 Callers need an app context. Passwords are only ever stored hashed; a generated one is
-returned once so the caller can show it once. Disabling an account or changing its
-password ends its sessions at once: see ``session_fingerprint`` and the user loader in
-``course/admin/auth.py``.
+returned once so the caller can show it once. Signing out, disabling an account or
+changing its password ends every session of that admin at once, in every browser and for
+every copy of the cookie: see ``end_sessions``, ``session_fingerprint`` and the user loader
+in ``course/admin/auth.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
 from .extensions import db
-from .models import AdminUser, AppState
+from .models import AdminUser
 from .signup import normalise_email
 
 PASSWORD_MIN = 12
@@ -83,31 +84,26 @@ def create_admin(email: str, password: str | None = None) -> tuple[AdminUser, st
     return user, generated
 
 
-def _epoch_key(user_id: int) -> str:
-    return f"admin_session_epoch:{user_id}"
-
-
 def session_fingerprint(user: AdminUser) -> str:
-    """A short keyed digest of the password hash, which every session of ``user`` carries.
+    """What every session of ``user`` carries, and must still match on each request.
 
-    A new password changes it, and so does disabling the account (a new random "epoch" in
-    ``AppState``), so the sessions signed in before either no longer load, even once the
-    account is enabled again. Keyed with ``SECRET_KEY`` so the (readable) session cookie
-    reveals nothing of the hash.
+    A keyed digest of the admin's id, session version and password hash: bumping the
+    version (``end_sessions``) or a new password changes it, so every session signed in
+    before stops loading. The hash is in it so that a database restored or rebuilt under
+    the same ``SECRET_KEY`` (the same ids and versions again) loads no old cookie. Keyed
+    with ``SECRET_KEY`` so the (readable) session cookie reveals nothing of the hash.
     """
-    epoch = db.session.get(AppState, _epoch_key(user.id))
     key = str(current_app.config["SECRET_KEY"]).encode()
-    message = f"{user.id}:{user.password_hash}:{epoch.value if epoch else ''}".encode()
+    message = f"{user.id}:{user.session_version}:{user.password_hash}".encode()
     return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
 
 
-def _new_session_epoch(user: AdminUser) -> None:
-    """Invalidate every session of ``user`` (the caller commits)."""
-    row = db.session.get(AppState, _epoch_key(user.id))
-    if row is None:
-        db.session.add(AppState(key=_epoch_key(user.id), value=secrets.token_hex(16)))
-    else:
-        row.value = secrets.token_hex(16)
+def end_sessions(user: AdminUser) -> None:
+    """End every session of ``user``, wherever its cookie is (the caller commits).
+
+    One atomic increment in SQL, so two at once (say, logouts in two tabs) both count.
+    """
+    user.session_version = AdminUser.session_version + 1  # type: ignore[assignment]
 
 
 def get_admin(email: str) -> AdminUser:
@@ -132,7 +128,7 @@ def set_active(email: str, active: bool) -> bool:
         return False
     user.active = active
     if not active:
-        _new_session_epoch(user)
+        end_sessions(user)
     db.session.commit()
     return True
 
@@ -140,11 +136,12 @@ def set_active(email: str, active: bool) -> bool:
 def set_password(email: str, password: str | None = None) -> str | None:
     """Replace an admin's password (the way back in); returns the generated one, if any.
 
-    Every session signed in with the old password ends (its fingerprint no longer matches).
+    Every session of the admin ends, in every browser.
     """
     user = get_admin(email)
     chosen, generated = _choose(password)
     user.set_password(chosen)
+    end_sessions(user)
     db.session.commit()
     return generated
 

@@ -7,6 +7,7 @@ settings with one line that says what to set.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from collections.abc import Mapping
@@ -17,6 +18,12 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 
 MAIL_BACKENDS = ("outbox", "sendgrid", "smtp", "memory")
+SECRET_MIN_LENGTH = 32
+# A guess at a secret's strength from its own characters (length x Shannon entropy of their
+# frequencies). Random keys pass with room to spare: 64 characters of token_urlsafe score
+# about 320, 32 of token_hex 90 to 120; "x" * 48 scores 0, "ab" * 24 48, "abcd" * 8 64.
+SECRET_MIN_BITS = 80
+NEW_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 
 
 class ConfigError(RuntimeError):
@@ -94,7 +101,9 @@ def load(env: Mapping[str, str], instance_path: Path) -> dict[str, Any]:
             env.get("DATABASE_URL") or f"sqlite:///{instance_path / 'minicourse.db'}"
         ),
         "REDIS_URL": env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
-        "BASE_URL": (env.get("BASE_URL") or "http://127.0.0.1:5000").rstrip("/"),
+        # By default the address ``flask dev`` serves on (PORT, as for ``make run``).
+        "BASE_URL": (env.get("BASE_URL")
+                     or f"http://127.0.0.1:{_int(env, 'PORT', 5000)}").rstrip("/"),
         "MAIL_BACKEND": (env.get("MAIL_BACKEND") or "outbox").strip().lower(),
         "MAIL_FROM": env.get("MAIL_FROM") or "course@example.com",
         "MAIL_REPLY_TO": env.get("MAIL_REPLY_TO") or "",
@@ -133,6 +142,9 @@ def load(env: Mapping[str, str], instance_path: Path) -> dict[str, Any]:
         # set X-Forwarded-For/-Proto: client IPs for rate limits and consent come from them.
         "PROXY_COUNT": _int(env, "PROXY_COUNT", 0),
         "ADMIN_PAGE_SIZE": _int(env, "ADMIN_PAGE_SIZE", 50),
+        # The Lessons page counts a subscriber as stalled after this many days with no open
+        # by a person and nothing marked done (course/dropoff_stats.py).
+        "ADMIN_STALLED_DAYS": _int(env, "ADMIN_STALLED_DAYS", 7),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 64 * 1024),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
@@ -162,13 +174,16 @@ def load(env: Mapping[str, str], instance_path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"MAIL_BACKEND={cfg['MAIL_BACKEND']!r}: use one of {', '.join(MAIL_BACKENDS)}"
         )
+    if not 1 <= cfg["ADMIN_STALLED_DAYS"] <= 365:
+        raise ConfigError(f"ADMIN_STALLED_DAYS={cfg['ADMIN_STALLED_DAYS']}: use a number "
+                          "of days from 1 to 365")
     if cfg["WEBHOOK_URLS"] and not cfg["WEBHOOK_SECRET"]:
         raise ConfigError("WEBHOOK_URLS is set but WEBHOOK_SECRET is not: set it to a long "
                           "random string the receivers use to check signatures")
     if cfg["SENDGRID_WEBHOOK_PUBLIC_KEY"]:
         check_sendgrid_key(cfg["SENDGRID_WEBHOOK_PUBLIC_KEY"])
     if production:
-        check_production(cfg)
+        check_production(cfg, mail_backend_set=bool((env.get("MAIL_BACKEND") or "").strip()))
     elif not cfg["SECRET_KEY"]:
         cfg["SECRET_KEY"] = _dev_secret_key(instance_path)
     return cfg
@@ -199,28 +214,65 @@ def check_sendgrid_key(key: str) -> None:
         raise ConfigError(f"SENDGRID_WEBHOOK_PUBLIC_KEY is not usable: {exc}") from None
 
 
-def check_production(cfg: Mapping[str, Any]) -> None:
-    """Refuse settings that are fine on a laptop and wrong on the internet."""
-    if len(cfg["SECRET_KEY"]) < 32:
+def estimated_bits(secret: str) -> float:
+    """A rough strength of ``secret`` from its characters alone: length times the Shannon
+    entropy of their frequencies. It cannot prove a key random, only catch one that is
+    plainly not (one character repeated, a short pattern, spaces)."""
+    if not secret:
+        return 0.0
+    counts: dict[str, int] = {}
+    for char in secret:
+        counts[char] = counts.get(char, 0) + 1
+    n = len(secret)
+    return -n * sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def check_secret(name: str, value: str) -> None:
+    """Refuse a secret that is missing, short, or plainly not random, naming ``name``."""
+    stripped = value.strip()
+    if len(stripped) < SECRET_MIN_LENGTH:
         raise ConfigError(
-            "SECRET_KEY is not set (or shorter than 32 characters): set it to the output of "
-            "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            f"{name} is not set (or shorter than {SECRET_MIN_LENGTH} characters): "
+            f"set it to the output of {NEW_SECRET}"
         )
+    if estimated_bits(stripped) < SECRET_MIN_BITS:
+        raise ConfigError(
+            f"{name} is too predictable (the same few characters repeated): "
+            f"set it to the output of {NEW_SECRET}"
+        )
+
+
+def check_production(cfg: Mapping[str, Any], *, mail_backend_set: bool = True) -> None:
+    """Refuse settings that are fine on a laptop and wrong on the internet."""
+    check_secret("SECRET_KEY", cfg["SECRET_KEY"])
     if not cfg["BASE_URL"].startswith("https://"):
         raise ConfigError(
             "BASE_URL must be the public https:// address of the site in production "
             "(List-Unsubscribe links must be HTTPS)"
         )
+    if not mail_backend_set:
+        raise ConfigError(
+            "MAIL_BACKEND is not set: set it to sendgrid or smtp (the default, outbox, only "
+            "writes .eml files and delivers nothing)"
+        )
     if cfg["MAIL_BACKEND"] == "sendgrid" and not cfg["SENDGRID_API_KEY"]:
         raise ConfigError("MAIL_BACKEND=sendgrid but SENDGRID_API_KEY is not set")
     if cfg["MAIL_BACKEND"] == "smtp" and not cfg["SMTP_HOST"]:
         raise ConfigError("MAIL_BACKEND=smtp but SMTP_HOST is not set")
+    if (cfg["MAIL_BACKEND"] == "smtp" and not cfg["SMTP_STARTTLS"]
+            and (cfg["SMTP_USERNAME"] or cfg["SMTP_PASSWORD"])):
+        raise ConfigError(
+            "SMTP_STARTTLS=false would send SMTP_USERNAME and SMTP_PASSWORD in clear text: "
+            "set SMTP_STARTTLS=true"
+        )
     if cfg["MAIL_BACKEND"] == "memory":
         raise ConfigError(
             "MAIL_BACKEND=memory keeps mail in memory and sends nothing: use sendgrid or smtp"
         )
     if cfg["MAIL_FROM"].endswith("@example.com"):
         raise ConfigError("MAIL_FROM is not set: set it to the address lessons are sent from")
+    if cfg["WEBHOOK_SECRET"] or cfg["WEBHOOK_URLS"]:
+        check_secret("WEBHOOK_SECRET", cfg["WEBHOOK_SECRET"])
     if (cfg["MAIL_BACKEND"] == "sendgrid" and not cfg["SENDGRID_WEBHOOK_PUBLIC_KEY"]
             and not cfg["SENDGRID_WEBHOOK_ALLOW_UNSIGNED"]):
         raise ConfigError(

@@ -9,7 +9,10 @@ from .lessons import Course, load_course
 
 def init_app(app: Flask) -> None:
     # Raises CourseError (file:line problems) so an invalid course never starts.
-    app.extensions["minicourse_course"] = load_course(app.config["LESSONS_DIR"])
+    # Production also needs what a public site must show (a postal address).
+    app.extensions["minicourse_course"] = load_course(
+        app.config["LESSONS_DIR"], production=app.config["MINICOURSE_ENV"] == "production"
+    )
 
 
 def current_course() -> Course:

@@ -10,6 +10,7 @@ Production runs the same processes separately (see the README).
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -33,6 +34,8 @@ from honcho.printer import Message, Printer
 from .config import ROOT
 
 EMBEDDED_REDIS_FILE = "embedded-redis.rdb"
+# While ``flask dev`` runs, the address its processes put in links (read by the rehearsal).
+DEV_SERVER_FILE = "dev-server.json"
 READY_TIMEOUT = 120.0  # seconds to wait for web, worker and cron before saying so anyway
 QUIET_BEFORE_READY = 1.5  # seconds without a log line that mean start-up chatter is over
 
@@ -60,6 +63,7 @@ def dev(port: int) -> None:
         env["REDIS_URL"] = redis_url
         env.setdefault("BASE_URL", local)  # links in emails point at this server
         env["PYTHONUNBUFFERED"] = "1"
+        record_running(Path(app.instance_path), env["BASE_URL"])
         manager = DevManager()
         for name, argv in process_commands(port, redis_url).items():
             manager.add_process(name, shlex.join(argv), env=env, cwd=str(ROOT))
@@ -67,6 +71,7 @@ def dev(port: int) -> None:
         manager.when_ready(lambda: all_started(port, redis_url, since), ready_lines(local, admin))
         manager.loop()
     finally:
+        forget_running(Path(app.instance_path))
         if embedded is not None:
             stop_embedded_redis(embedded)
 
@@ -77,6 +82,32 @@ def dev(port: int) -> None:
             "its log above says why"
         )
     click.echo("Stopped web, worker and cron.")
+
+
+def record_running(instance: Path, base_url: str) -> None:
+    """Say, in the instance folder, which address the running processes put in links."""
+    instance.mkdir(parents=True, exist_ok=True)
+    (instance / DEV_SERVER_FILE).write_text(json.dumps({"base_url": base_url,
+                                                        "pid": os.getpid()}))
+
+
+def forget_running(instance: Path) -> None:
+    (instance / DEV_SERVER_FILE).unlink(missing_ok=True)
+
+
+def running_base_url(instance: Path) -> str | None:
+    """The ``BASE_URL`` of the ``flask dev`` running from this instance folder, if one is
+    running (its record names a live process), else None."""
+    try:
+        record = json.loads((instance / DEV_SERVER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    pid, url = record.get("pid"), record.get("base_url")
+    if type(pid) is not int or pid <= 0 or not isinstance(url, str) or not _alive(pid):
+        return None
+    return url.rstrip("/")
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -50,4 +50,14 @@ def affected_rows(result: Any) -> int:
 migrate = Migrate()
 csrf = CSRFProtect()
 login_manager = LoginManager()
-limiter = Limiter(key_func=get_remote_address, default_limits=[])
+# Limits are counted in Redis, and when Redis does not answer they are counted in this
+# process's memory instead (checking for Redis again now and then): an outage must not turn
+# signups and admin logins into 500s. Any other storage error lets the request through.
+# Short timeouts, so a Redis that does not answer at all costs a request a second at most.
+limiter = Limiter(
+    key_func=get_remote_address,
+    default_limits=[],
+    in_memory_fallback_enabled=True,
+    swallow_errors=True,
+    storage_options={"socket_connect_timeout": 1, "socket_timeout": 1},
+)

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, EmailField, HiddenField, StringField
 from wtforms.validators import DataRequired, InputRequired, ValidationError
 
-from .signup import NAME_MAX, clean_name, normalise_email
+from .signup_input import NAME_MAX, AddressError, clean_name, name_problem, subscriber_address
 
 
 class SignupForm(FlaskForm):
@@ -43,16 +42,14 @@ class SignupForm(FlaskForm):
         self.cleaned_name = ""
 
     def validate_email(self, field: EmailField) -> None:
-        address = normalise_email(
-            field.data or "",
-            check_deliverability=current_app.config["EMAIL_CHECK_DELIVERABILITY"],
-        )
-        if address is None:
-            raise ValidationError("Please enter a valid email address, like name@example.com.")
-        self.normalised_email = address
+        try:
+            self.normalised_email = subscriber_address(field.data or "")
+        except AddressError as exc:
+            raise ValidationError(str(exc)) from None
 
     def validate_name(self, field: StringField) -> None:
         cleaned = clean_name(field.data)
-        if len(cleaned) > NAME_MAX:
-            raise ValidationError(f"Please keep your name to {NAME_MAX} characters or fewer.")
+        problem = name_problem(cleaned)
+        if problem:
+            raise ValidationError(problem)
         self.cleaned_name = cleaned

@@ -25,6 +25,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .extensions import db
 from .models import AppState, Delivery, Event, EventKind
+from .rehearsal import of_real_subscribers
 from .timeutil import utcnow
 
 LAST_TICK_KEY = "last_tick_at"
@@ -159,14 +160,15 @@ def sending_rates(now: datetime | None = None, window: timedelta = RATE_WINDOW) 
     """Two aggregate queries: lessons sent in the window, and bounce and complaint events."""
     since = (now or utcnow()) - window
     sent = db.session.scalar(
-        db.select(func.count()).select_from(Delivery).where(Delivery.sent_at >= since)
+        db.select(func.count()).select_from(Delivery)
+        .where(Delivery.sent_at >= since, of_real_subscribers(Delivery.subscriber_id))
     )
     bounced, complained = db.session.execute(
         db.select(
             func.coalesce(func.sum(case((Event.kind == EventKind.BOUNCE, 1), else_=0)), 0),
             func.coalesce(func.sum(case((Event.kind == EventKind.SPAM_REPORT, 1), else_=0)), 0),
         ).where(Event.kind.in_([EventKind.BOUNCE, EventKind.SPAM_REPORT]),
-                Event.occurred_at >= since)
+                Event.occurred_at >= since, of_real_subscribers(Event.subscriber_id))
     ).one()
     return SendingRates(window.days, int(sent or 0), int(bounced), int(complained))
 

@@ -18,6 +18,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import markdown
 import yaml
 
+from .lessons_identity import Author, check_sender_name, parse_identity
+from .lessons_timing import (
+    EXERCISE_MAX_MINUTES,
+    CourseTiming,
+    count_words,
+    reading_minutes,
+    span_text,
+    stated_exercise_minutes,
+)
+
 COURSE_FILE = "course.yml"
 LESSON_FIELDS = ("slug", "position", "title", "subject", "preheader")
 COURSE_FIELDS = (
@@ -50,6 +60,13 @@ class Lesson:
     body: str
     path: str
     content_hash: str
+    # Minutes the exercise takes, from the front matter; None when the author gave none.
+    exercise_minutes: int | None = None
+    words: int = 0
+
+    @property
+    def reading_minutes(self) -> int:
+        return reading_minutes(self.words)
 
 
 @dataclass(frozen=True)
@@ -67,6 +84,11 @@ class Course:
     confirmation_intro: str
     welcome: str
     completion: str
+    author: Author
+    # CAN-SPAM's postal address, shown in every email (required in production).
+    postal_address: str = ""
+    # The owner's own privacy policy; "" means the built-in page at /privacy.
+    privacy_url: str = ""
     lessons: tuple[Lesson, ...] = field(default=())
     # Progress-gated: the next lesson waits until the previous one is marked done, or
     # until ``max_wait_days`` have passed since it was sent.
@@ -88,6 +110,12 @@ class Course:
     @property
     def length(self) -> int:
         return len(self.lessons)
+
+    @property
+    def timing(self) -> CourseTiming:
+        """Reading and exercise minutes across the lessons, for the landing page."""
+        return CourseTiming.of((lesson.reading_minutes for lesson in self.lessons),
+                               (lesson.exercise_minutes for lesson in self.lessons))
 
 
 class CourseError(Exception):
@@ -202,6 +230,7 @@ def parse_lesson(path: Path, display: str, problems: list[str]) -> Lesson | None
             problems.append(f"{display}:{lines[key]}: {key} must be one line")
     if not body.strip():
         problems.append(f"{display}:{body_line}: the lesson has no body")
+    exercise = check_exercise_minutes(data, body, display, lines, body_line, problems)
     check_links(body, display, body_line, problems)
     try:
         render_markdown(body)
@@ -210,10 +239,41 @@ def parse_lesson(path: Path, display: str, problems: list[str]) -> Lesson | None
     if len(problems) > before:
         return None
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return Lesson(slug, position, title, subject, preheader, body.strip() + "\n", display, digest)
+    return Lesson(slug, position, title, subject, preheader, body.strip() + "\n", display, digest,
+                  exercise_minutes=exercise, words=count_words(body))
 
 
-def parse_course_file(path: Path, display: str, problems: list[str]) -> dict[str, Any] | None:
+def check_exercise_minutes(data: dict[str, Any], body: str, display: str,
+                           lines: dict[str, int], body_line: int,
+                           problems: list[str]) -> int | None:
+    """``exercise_minutes`` is optional, but when the exercise names a time, the two agree.
+
+    The landing page adds these figures up, so a lesson saying "Give yourself 25 minutes"
+    under a front matter of 15 would make it promise the wrong length.
+    """
+    value = data.get("exercise_minutes")
+    stated = stated_exercise_minutes(body)
+    if value is None:
+        if stated:
+            offset, low, high = stated[0]
+            problems.append(f"{display}:{body_line + offset}: the exercise says "
+                            f"{span_text(low, high)} minutes: add exercise_minutes to the "
+                            "front matter so the course page can count it")
+        return None
+    if (not isinstance(value, int) or isinstance(value, bool)
+            or not 1 <= value <= EXERCISE_MAX_MINUTES):
+        problems.append(f"{display}:{lines['exercise_minutes']}: exercise_minutes must be a "
+                        f"whole number of minutes, 1 to {EXERCISE_MAX_MINUTES}")
+        return None
+    for offset, low, high in stated:
+        if not low <= value <= high:
+            problems.append(f"{display}:{body_line + offset}: the exercise says "
+                            f"{span_text(low, high)} minutes but exercise_minutes is {value}")
+    return value
+
+
+def parse_course_file(path: Path, display: str, problems: list[str],
+                      production: bool = False) -> dict[str, Any] | None:
     if not path.exists():
         problems.append(f"{display}:1: the course file is missing")
         return None
@@ -239,6 +299,8 @@ def parse_course_file(path: Path, display: str, problems: list[str]) -> dict[str
     for key in ("title", "sender_name", "confirmation_subject"):
         if "\n" in out[key] or "\r" in out[key]:
             problems.append(f"{display}:{lines.get(key, 1)}: {key} must be one line")
+    check_sender_name(out["sender_name"], display, lines.get("sender_name", 1), problems)
+    identity = parse_identity(data, text, lines, path.parent, display, production, problems)
     cadence = data["cadence_days"]
     if not isinstance(cadence, int) or isinstance(cadence, bool) or not 1 <= cadence <= 365:
         problems.append(f"{display}:{lines['cadence_days']}: cadence_days must be 1 to 365")
@@ -278,12 +340,16 @@ def parse_course_file(path: Path, display: str, problems: list[str]) -> dict[str
         default_timezone=str(tz),
         progress_gated=gated,
         max_wait_days=max_wait,
+        **identity,
     )
     return out
 
 
-def load_course(directory: str | Path) -> Course:
-    """Load and validate the whole course, raising CourseError listing every problem."""
+def load_course(directory: str | Path, *, production: bool = False) -> Course:
+    """Load and validate the whole course, raising CourseError listing every problem.
+
+    ``production`` adds the checks only a public site needs (a postal address).
+    """
     root = Path(directory)
     problems: list[str] = []
     if not root.is_dir():
@@ -292,7 +358,8 @@ def load_course(directory: str | Path) -> Course:
     def display(p: Path) -> str:
         return str(p)
 
-    meta = parse_course_file(root / COURSE_FILE, display(root / COURSE_FILE), problems)
+    meta = parse_course_file(root / COURSE_FILE, display(root / COURSE_FILE), problems,
+                             production)
     lessons: list[Lesson] = []
     for path in sorted(root.glob("*.md")):
         lesson = parse_lesson(path, display(path), problems)

@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -85,6 +86,9 @@ class Subscriber(Model):
     consent_ip: Mapped[str] = mapped_column(String(45), default="")
     consent_user_agent: Mapped[str] = mapped_column(String(512), default="")
     consent_version: Mapped[str] = mapped_column(String(32), default="")
+    # A test address (``flask course rehearse``): never in a figure (``real_subscribers``).
+    is_test: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(),
+                                          index=True)
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -103,6 +107,54 @@ class Subscriber(Model):
 
     def __repr__(self) -> str:
         return f"<Subscriber {self.id} {self.status}>"
+
+
+class SignupRequest(Model):
+    """One signup (or "send me a new link") of an address: its data, its consent and the
+    nonce its confirmation link carries.
+
+    The web request only writes this row (the same work whatever the address), and a job
+    does the rest. Confirming applies the data of the request whose link was used, so
+    signing up a pending address again never changes what an earlier link confirms, and a
+    link made before the subscriber left cannot bring them back (rejoining voids the older
+    requests). Rows are also the per-address count of confirmations
+    (``course.signup.CONFIRMATIONS_PER_DAY``) and, not yet handled or sent, the work still
+    owed when Redis was down.
+    """
+
+    __tablename__ = "signup_request"
+    __table_args__ = (
+        Index("ix_signup_request_subscriber_id_created_at", "subscriber_id", "created_at"),
+        # The owed-confirmations sweep: unsent requests that still want a confirmation.
+        Index("ix_signup_request_state_sent_at", "state", "sent_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # The address as the form gave it (canonical). The subscriber is looked up or created
+    # by the job that handles the request, not by the web request (``course.signup``).
+    email: Mapped[str] = mapped_column(String(320))
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscriber.id", ondelete="CASCADE")
+    )
+    # Random, 22 URL-safe characters; "" only for requests carried over by migration 0007.
+    nonce: Mapped[str] = mapped_column(String(32))
+    # "new": not handled yet; "owed": a confirmation is (or was) sent; "held": none is sent
+    # (the address is already taking the course, or its daily count is used up);
+    # "confirmed"; "void" (superseded by a rejoin or by another confirmed request).
+    state: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(100), default="")
+    timezone: Mapped[str] = mapped_column(String(64))
+    consent_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    consent_ip: Mapped[str] = mapped_column(String(45), default="")
+    consent_user_agent: Mapped[str] = mapped_column(String(512), default="")
+    consent_version: Mapped[str] = mapped_column(String(32), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Set when a job for it was put on the queue; left empty when Redis did not answer.
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Set when a worker takes it to send (a claim: at most one confirmation per request).
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class SubscriberSearch(Model):
@@ -200,6 +252,10 @@ class AdminUser(UserMixin, Model):
     email: Mapped[str] = mapped_column(String(320), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Every session carries the version it signed in under and loads only while it still
+    # matches: logout, a new password and disabling bump it, ending every copy of every
+    # cookie of this admin (course/admin_accounts.py, end_sessions).
+    session_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 

@@ -28,14 +28,13 @@ from .models import Delivery, DeliveryStatus, Status, Subscriber
 from .sending import (
     claim,
     resend,
-    send_confirmation,
     send_deliveries,
     stuck_sending,
     sweep_stale_sending,
 )
 from .timeutil import utcnow
 
-__all__ = ["tick", "claim", "send_deliveries", "send_confirmation", "stuck_sending",
+__all__ = ["tick", "claim", "send_deliveries", "stuck_sending",
            "cancel_pending", "enqueue_send", "resend", "TickResult"]
 
 log = logging.getLogger(__name__)
@@ -77,8 +76,10 @@ def tick(now: datetime | None = None, *, enqueue: Enqueuer | None = None,
     """Create deliveries for due subscribers and enqueue them, chunk by chunk, so sending
     starts while the tick is still working; then enqueue any queued delivery that Redis lost.
 
-    ``subscriber_ids`` limits the tick to those subscribers (the rehearsal uses it), and
-    ``enqueue`` replaces the RQ enqueue (the rehearsal sends in-process).
+    ``subscriber_ids`` limits the tick to those subscribers (the rehearsal uses it, on a
+    simulated clock): steps that concern every subscriber, such as the stale-``sending``
+    sweep, are then skipped. ``enqueue`` replaces the RQ enqueue (the rehearsal sends
+    in-process).
     """
     now = now or utcnow()
     enqueue = enqueue or enqueue_send
@@ -86,7 +87,8 @@ def tick(now: datetime | None = None, *, enqueue: Enqueuer | None = None,
     running = not sendstate.paused() or sendstate.probe_and_resume()
     _finish_past_the_end(now, subscriber_ids, result)
     _create_due_deliveries(now, result, subscriber_ids, enqueue if running else None)
-    result.unknown = sweep_stale_sending(now)
+    if subscriber_ids is None:  # global steps never run under a rehearsal's clock
+        result.unknown = sweep_stale_sending(now)
     if not running:
         log.warning("tick: sending is paused (%s); nothing enqueued",
                     (sendstate.paused() or {}).get("reason", "?"))

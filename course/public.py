@@ -12,11 +12,10 @@ import logging
 import time
 from typing import Any
 
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, current_app, redirect, render_template, request, send_file
 from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
-from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException, abort
 
 from . import tokens
@@ -25,7 +24,15 @@ from .extensions import csrf, db, limiter
 from .forms import SignupForm
 from .lessons import render_markdown
 from .models import Status, Subscriber
-from .signup import Consent, confirm, pick_timezone, resend_confirmation, signup, unsubscribe
+from .signup import (
+    Consent,
+    can_resend,
+    confirm,
+    pick_timezone,
+    resend_confirmation,
+    signup,
+    unsubscribe,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +117,37 @@ signup_rate_limit = limiter.shared_limit(signup_limit, scope="signup", methods=[
 def landing(form: SignupForm, status: int = 200) -> tuple[str, int]:
     course = current_course()
     return render_page(
-        "public/index.html", status, form=form, description=markdown(course.description)
+        "public/index.html", status, form=form, description=markdown(course.description),
+        timing=course.timing,
+    )
+
+
+# Who runs the course: the author's photo and the privacy page (course/lessons_identity.py).
+PHOTO_MAX_AGE = 7 * 24 * 3600
+MAIL_PROVIDERS = {"sendgrid": "SendGrid (Twilio Inc.)", "smtp": "our email provider"}
+
+
+@bp.route("/author/photo")
+def author_photo() -> ResponseReturnValue:
+    """The photo named in course.yml, and only it: the path comes from the loader, never
+    from the URL. Emails ask for it with ``?v=`` (a digest), so a new photo shows at once."""
+    author = current_course().author
+    if not author.photo:
+        abort(404)
+    return send_file(author.photo_path, mimetype=author.photo_type, max_age=PHOTO_MAX_AGE)
+
+
+@bp.route("/privacy")
+def privacy() -> ResponseReturnValue:
+    """The built-in privacy page, or the owner's own (``privacy_url`` in course.yml)."""
+    course = current_course()
+    if course.privacy_url:
+        return redirect(course.privacy_url)
+    config = current_app.config
+    return render_page(
+        "public/privacy.html",
+        contact=config["MAIL_REPLY_TO"] or config["MAIL_FROM"],
+        provider=MAIL_PROVIDERS.get(config["MAIL_BACKEND"], "our email provider"),
     )
 
 
@@ -123,46 +160,66 @@ def index() -> ResponseReturnValue:
     if not form.validate():
         return landing(form, 400)
     consent = Consent(ip=request.remote_addr or "", user_agent=request.user_agent.string or "")
-    try:
-        signup(form.normalised_email, form.cleaned_name, pick_timezone(form.timezone.data),
-               consent)
-    except RedisError:
-        log.exception("signup: could not enqueue the confirmation email")
-        abort(503)
-    return check_inbox()
+    # Saved even when Redis is down: the cron sends the confirmation once it is back.
+    signup(form.normalised_email, form.cleaned_name, pick_timezone(form.timezone.data),
+           consent)
+    return check_inbox(form.normalised_email)
 
 
-def check_inbox() -> tuple[str, int]:
-    """The one answer to every signup, so it cannot tell who is subscribed."""
-    return render_page("public/check_inbox.html",
+def check_inbox(email: str | None = None) -> tuple[str, int]:
+    """The one answer to every signup, so it cannot tell who is subscribed. It repeats the
+    address (as typed, but canonical, so a typo shows) and who the email comes from."""
+    return render_page("public/check_inbox.html", email=email,
+                       sender_name=current_course().sender_name,
+                       sender_email=current_app.config["MAIL_FROM"],
                        hours=current_app.config["CONFIRM_MAX_AGE"] // 3600)
+
+
+def nonce_from(payload: Any) -> str:
+    """The signup nonce a confirm token carries; "" for links made before nonces existed."""
+    value = payload.get("n", "") if isinstance(payload, dict) else ""
+    if not isinstance(value, str) or len(value) > 32:
+        abort(400, description=INVALID_LINK)
+    return value
+
+
+def confirm_payload(token: str, max_age: int | None = None) -> tuple[int, str]:
+    """The subscriber id and signup nonce of a confirm token (``TokenExpired`` passes)."""
+    try:
+        payload = tokens.read("confirm", token, max_age=max_age)
+    except tokens.TokenExpired:
+        raise
+    except tokens.TokenInvalid:
+        abort(400, description=INVALID_LINK)
+    return id_from(payload, "s"), nonce_from(payload)
 
 
 @bp.route("/confirm/<token>", methods=["GET", "POST"])
 def confirm_page(token: str) -> ResponseReturnValue:
     try:
-        sub_id = token_id("confirm", token, "s", max_age=current_app.config["CONFIRM_MAX_AGE"])
+        sub_id, nonce = confirm_payload(token, max_age=current_app.config["CONFIRM_MAX_AGE"])
     except tokens.TokenExpired as exc:
         return expired(token, exc.payload)
     if request.method == "GET":
         return render_page("public/confirm.html", token=token)
-    sub = confirm(sub_id)
+    sub = confirm(sub_id, nonce)
     if sub is None:
         abort(400, description=INVALID_LINK)
     if sub.status not in CONFIRMED:
-        abort(400, description="This confirmation link has been used up. To join the course "
-                               "again, sign up on the course page.")
+        abort(400, description="This confirmation link has been used up or replaced. To join "
+                               "the course, sign up again on the course page.")
     return render_page("public/welcome.html", welcome=markdown(current_course().welcome))
 
 
 def expired(token: str, payload: Any) -> tuple[str, int]:
     """An old confirmation link: offer a fresh one if the subscriber is still waiting."""
-    sub = db.session.get(Subscriber, id_from(payload, "s"))
+    sub_id, nonce = id_from(payload, "s"), nonce_from(payload)
+    sub = db.session.get(Subscriber, sub_id)
     if sub is not None and sub.status in CONFIRMED:
         return render_page("public/welcome.html", welcome=markdown(current_course().welcome),
                            already=True)
-    can_resend = sub is not None and sub.status == Status.PENDING
-    return render_page("public/confirm_expired.html", 410, token=token, can_resend=can_resend,
+    return render_page("public/confirm_expired.html", 410, token=token,
+                       can_resend=can_resend(sub_id, nonce),
                        hours=current_app.config["CONFIRM_MAX_AGE"] // 3600)
 
 
@@ -170,14 +227,11 @@ def expired(token: str, payload: Any) -> tuple[str, int]:
 @signup_rate_limit
 def resend(token: str) -> ResponseReturnValue:
     try:
-        sub_id = token_id("confirm", token, "s")
+        sub_id, nonce = confirm_payload(token)
     except tokens.TokenExpired as exc:
-        sub_id = id_from(exc.payload, "s")
-    try:
-        resend_confirmation(sub_id)
-    except RedisError:
-        log.exception("resend: could not enqueue the confirmation email")
-        abort(503)
+        sub_id, nonce = id_from(exc.payload, "s"), nonce_from(exc.payload)
+    # Saved even when Redis is down, as a signup is.
+    resend_confirmation(sub_id, nonce)
     return check_inbox()
 
 

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
+from .ids import parse_id
 from .models import EventKind, Status
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
@@ -141,17 +142,14 @@ class SGEvent:
 
 
 def _text(value: Any, limit: int) -> str:
-    return value[:limit] if isinstance(value, str) else ""
+    """A string field, cut to ``limit``; NUL removed, which PostgreSQL's text cannot hold
+    (it made a whole signed batch fail with a 503, retried by SendGrid for a day)."""
+    return value.replace("\x00", "")[:limit] if isinstance(value, str) else ""
 
 
 def _delivery_id(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value > 0 else None
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
-        return int(value) or None
-    return None
+    """Our ``custom_args`` id back, if it can be one of our rows (``course.ids``)."""
+    return parse_id(value)
 
 
 def dedup_key(raw: dict[str, Any], kind: str, delivery_id: int | None, email: str,

@@ -41,7 +41,7 @@ from .mail import (
     get_backend,
 )
 from .models import Delivery, DeliveryStatus, Status, Subscriber
-from .render import confirmation_email, recipient_for, render_lesson
+from .render import recipient_for, render_lesson
 from .schedule import next_send_time
 from .timeutil import UTCDateTime, utcnow
 
@@ -524,20 +524,6 @@ def warm_up_worker() -> None:
     except Exception:  # noqa: BLE001 - a job will hit and report the same problem
         log.warning("could not prepare the send path ahead of jobs", exc_info=True)
     gc.freeze()
-
-
-def send_confirmation(subscriber_id: int) -> bool:
-    """Send the double opt-in email, if the subscriber is still waiting for one."""
-    sub = db.session.get(Subscriber, subscriber_id)
-    if sub is None or sub.status != Status.PENDING:
-        return False
-    template, recipient = confirmation_email(
-        current_course(), subscriber_id=sub.id, email=sub.email, name=sub.name
-    )
-    results = get_backend(current_app.config).send_batch(template, [recipient])
-    if not results[0].ok:
-        log.warning("confirmation to subscriber %d failed: %s", sub.id, results[0].error)
-    return results[0].ok
 
 
 def stuck_sending(older_than: timedelta = timedelta(minutes=10)) -> list[Delivery]:

@@ -279,6 +279,7 @@ def erase(sub: Subscriber) -> str:
     _scrub_deliveries(sub.id, email, placeholder)
     _scrub_events(sub.id)
     _scrub_webhooks(sub.id, placeholder, course.default_timezone)
+    signup.forget_requests(sub.id, email)
     sub.email = placeholder
     sub.name = ""
     sub.consent_ip = ""

@@ -25,7 +25,9 @@ from typing import Any
 
 from flask import current_app
 
-PURPOSES = ("confirm", "unsubscribe", "open", "click", "complete", "web")
+# "link" signs a lesson link's target once per lesson version; "click" is the recipient's
+# half of every click link (course/render.py).
+PURPOSES = ("confirm", "unsubscribe", "open", "click", "link", "complete", "web")
 MAX_TOKEN_LENGTH = 4096
 SIGNATURE_BYTES = 18  # 144 bits of HMAC-SHA256
 

@@ -29,12 +29,19 @@ from werkzeug.exceptions import abort
 from . import tokens, tracking_buffer, webhooks_out
 from .content import current_course
 from .extensions import db, limiter
+from .ids import parse_id
 from .lessons import Course
 from .models import Delivery, DeliveryStatus, Event, EventKind, Status, Subscriber
-from .public import INVALID_LINK, id_from, markdown, render_page, token_id
+from .public import INVALID_LINK, markdown, render_page, token_id
 from .schedule import next_send_time, valid_timezone
 from .timeutil import utcnow
-from .tracking_fast import PIXEL, PIXEL_HEADERS, install_fast_path, safe_redirect_target
+from .tracking_fast import (
+    PIXEL,
+    PIXEL_HEADERS,
+    install_fast_path,
+    read_click,
+    safe_redirect_target,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +58,7 @@ def delivery_id_or_none(purpose: str, token: str) -> int | None:
         payload = tokens.read(purpose, token)
     except tokens.TokenInvalid:
         return None
-    value = payload.get("d") if isinstance(payload, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return parse_id(payload.get("d")) if isinstance(payload, dict) else None
 
 
 # Endpoints Flask-Limiter leaves alone before it resolves any limit (``exempt`` alone still
@@ -95,23 +101,21 @@ def pixel(token: str) -> ResponseReturnValue:
 
 
 @bp.route("/c/<token>")
+@bp.route("/c/<token>/<recipient>")
 @limiter.exempt
-def click(token: str) -> ResponseReturnValue:
-    """Redirect to the signed URL. The hidden canary link (``"k": 1``) leads to the lesson's
-    web view and records a machine click: no person can see it to click it. (A valid GET
-    is normally answered in front of Flask, by ``FastPath``; this view gives the 400s.)"""
-    try:
-        payload = tokens.read("click", token)
-    except tokens.TokenInvalid:
+def click(token: str, recipient: str | None = None) -> ResponseReturnValue:
+    """Redirect to the signed URL (see ``read_click`` for the link's two tokens). The
+    hidden canary link (``"k": 1``) leads to the lesson's web view and records a machine
+    click: no person can see it to click it. (A valid GET is normally answered in front
+    of Flask, by ``FastPath``; this view gives the 400s.)"""
+    found = read_click(token, recipient)
+    if found is None:
         abort(400, description=INVALID_LINK)
-    delivery_id = id_from(payload, "d")
-    canary = payload.get("k") == 1
+    delivery_id, url, canary = found
     if canary:
         url = url_for("tracking.lesson", token=tokens.make("web", {"d": delivery_id}))
-    else:
-        url = payload.get("u")
-        if not safe_redirect_target(url):
-            abort(400, description=INVALID_LINK)
+    elif not safe_redirect_target(url):
+        abort(400, description=INVALID_LINK)
     response = redirect(url, 302)
     response.headers["Cache-Control"] = "no-store"
     if request.method == "GET":

@@ -20,6 +20,7 @@ from flask import Flask
 from markupsafe import escape
 
 from . import tokens, tracking_buffer
+from .ids import parse_id
 from .models import EventKind
 from .security import CSP
 
@@ -33,6 +34,36 @@ NO_CACHE = {
     "Expires": "0",
 }
 PIXEL_HEADERS = {**NO_CACHE, "Content-Type": "image/gif"}
+
+
+def read_click(token: str, recipient: str | None,
+               secret_key: str | None = None) -> tuple[int, Any, bool] | None:
+    """(delivery id, signed target, canary?) of a click link, or None if it is not genuine.
+
+    Lesson links are ``/c/<link>/<recipient>``: the target signed once per lesson version
+    (purpose ``link``) and the recipient's token (``click``), both naming the same lesson
+    version, so neither is trusted alone and a click is only ever credited to a delivery of
+    the lesson whose link it was. ``/c/<token>`` (one ``click`` token carrying both
+    delivery and target) is what emails sent before that carry, and still works.
+    """
+    try:
+        if recipient is None:
+            link = who = tokens.read("click", token, secret_key=secret_key)
+        else:
+            link = tokens.read("link", token, secret_key=secret_key)
+            who = tokens.read("click", recipient, secret_key=secret_key)
+    except tokens.TokenInvalid:
+        return None
+    if not isinstance(link, dict) or not isinstance(who, dict):
+        return None
+    delivery_id = who.get("d")
+    if type(delivery_id) is not int:
+        return None
+    if recipient is not None and (not isinstance(link.get("l"), str)
+                                  or who.get("l") != link["l"] or "u" in who):
+        return None
+    canary = link.get("k") == 1
+    return delivery_id, None if canary else link.get("u"), canary
 
 
 def safe_redirect_target(url: Any) -> bool:
@@ -58,7 +89,7 @@ class FastPath:
         self.wsgi_app = wsgi_app
         self.app = app
         self.pixel_re = re.compile(re.escape(prefix) + r"/o/([^/]+)\.gif")
-        self.click_re = re.compile(re.escape(prefix) + r"/c/([^/]+)")
+        self.click_re = re.compile(re.escape(prefix) + r"/c/([^/]+)(?:/([^/]+))?")
         self.secret = app.config["SECRET_KEY"]
         # What course.security adds to every Flask response (HSTS over HTTPS).
         self.secure_headers = [
@@ -78,7 +109,7 @@ class FastPath:
                 if m := self.pixel_re.fullmatch(path):
                     answer = self.pixel(environ, m.group(1))
                 elif m := self.click_re.fullmatch(path):
-                    answer = self.click(environ, m.group(1))
+                    answer = self.click(environ, m.group(1), m.group(2))
             except Exception:  # never worse than without the fast path
                 log.exception("tracking fast path failed; the view answers")
                 answer = None
@@ -95,7 +126,8 @@ class FastPath:
             payload = tokens.read(purpose, token, secret_key=self.secret)
         except tokens.TokenInvalid:
             return None
-        if not isinstance(payload, dict) or type(payload.get("d")) is not int:
+        if not isinstance(payload, dict) or type(payload.get("d")) is not int \
+                or parse_id(payload["d"]) is None:
             return None
         return payload
 
@@ -113,20 +145,17 @@ class FastPath:
         headers = [*PIXEL_HEADERS.items(), ("Content-Length", str(len(PIXEL)))]
         return "200 OK", headers, PIXEL, confirm
 
-    def click(self, environ: dict[str, Any], token: str) -> Any:
-        payload = self._read("click", token)
-        if payload is None:
+    def click(self, environ: dict[str, Any], token: str, recipient: str | None) -> Any:
+        found = read_click(token, recipient, self.secret)
+        if found is None:
             return None
-        canary = payload.get("k") == 1
-        url: Any
+        delivery_id, url, canary = found
         if canary:
-            web = tokens.make("web", {"d": payload["d"]}, secret_key=self.secret)
+            web = tokens.make("web", {"d": delivery_id}, secret_key=self.secret)
             url = f"{environ.get('SCRIPT_NAME', '')}/l/{web}"
-        else:
-            url = payload.get("u")
-            if not safe_redirect_target(url) or not url.isascii():
-                return None  # the view answers 400, or redirects to a non-ASCII URL
-        confirm = self._record(environ, EventKind.CLICK, payload["d"],
+        elif not safe_redirect_target(url) or not url.isascii():
+            return None  # the view answers 400, or redirects to a non-ASCII URL
+        confirm = self._record(environ, EventKind.CLICK, delivery_id,
                                None if canary else url, canary)
         body = (f"<!doctype html>\n<title>Redirecting</title>\n<p>Continue to "
                 f'<a href="{escape(url)}">{escape(url)}</a>.\n').encode()

@@ -11,11 +11,19 @@ Who may post: with ``SENDGRID_WEBHOOK_PUBLIC_KEY`` set, only SendGrid (a valid, 
 signature); without it, anyone in development, and nobody in production unless
 ``SENDGRID_WEBHOOK_ALLOW_UNSIGNED=1`` (production with the SendGrid backend refuses to
 start without either; see ``course.config``).
+
+What may be posted: at most ``SENDGRID_WEBHOOK_MAX_BYTES`` (413 past it, chunked or not), a
+JSON array of events nested no deeper than ``MAX_DEPTH``, every string valid Unicode (a
+lone surrogate cannot be stored in either database); anything else is a 400, signed or
+not. An id out of range for our columns is not ours, like any malformed one
+(``course.ids``), so it never reaches the database.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +47,11 @@ log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
 
 CHUNK = 1000  # rows per INSERT and ids per IN (well under SQLite's parameter limit)
+# The array, an event, and a value in it such as SendGrid's "pool" object or "category"
+# list, with room to spare; past it the body is not SendGrid's.
+MAX_DEPTH = 8
+# A \uD800-\uDFFF escape: the only way JSON decoded from UTF-8 can hold a surrogate.
+SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
 WEBHOOK_TYPE = {Status.BOUNCED: "subscriber.bounced", Status.COMPLAINED: "subscriber.complained",
                 Status.UNSUBSCRIBED: "subscriber.unsubscribed"}
 
@@ -59,7 +72,7 @@ def sendgrid() -> ResponseReturnValue:
         log.warning("SendGrid webhook refused from %s: %s", request.remote_addr, refusal)
         return jsonify(error=refusal), 403
     try:
-        raw = sg.parse_body(body)
+        raw = read_events(body)
     except sg.BadPayload as exc:
         return jsonify(error=str(exc)), 400
     try:
@@ -88,6 +101,45 @@ def _refusal(body: bytes) -> str | None:
         request.headers.get(sg.TIMESTAMP_HEADER), utcnow().timestamp(),
         int(config["SENDGRID_WEBHOOK_MAX_AGE"]),
     )
+
+
+def read_events(body: bytes) -> list[Any]:
+    """The posted array of events, or :class:`~course.sendgrid_events.BadPayload` saying
+    what is wrong with its shape."""
+    try:
+        text = body.decode("utf-8")  # JSON between systems is UTF-8 (RFC 8259), nothing else
+        events = json.loads(text)
+    except UnicodeDecodeError:
+        raise sg.BadPayload("the body is not UTF-8") from None
+    except RecursionError:  # json gives up on nesting deeper than Python's stack
+        raise sg.BadPayload(f"the body is nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError:
+        raise sg.BadPayload("the body is not JSON") from None
+    if not isinstance(events, list):
+        raise sg.BadPayload("the body is not a JSON array of events")
+    if not _depth_within(events, MAX_DEPTH):
+        raise sg.BadPayload(f"the body is nested deeper than {MAX_DEPTH} levels")
+    if SURROGATE_ESCAPE_RE.search(text):
+        # Escaped pairs (an emoji) decode to one character; only lone halves remain.
+        try:
+            json.dumps(events, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise sg.BadPayload("the body holds a string that is not valid Unicode "
+                                "(a lone surrogate)") from None
+    return events
+
+
+def _depth_within(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and objects at most ``limit`` levels (itself one)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, dict | list))
+    return True
 
 
 class Recipient(NamedTuple):

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from course.extensions import db
-from course.models import Status, Subscriber
+from course.models import SignupRequest, Status, Subscriber
 from course.timeutil import utcnow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +26,28 @@ def add_subscriber(email: str, *, status: str = Status.ACTIVE, timezone: str = "
     db.session.add(sub)
     db.session.commit()
     return sub
+
+
+def add_signup_request(sub: Subscriber, *, state: str = "owed", name: str | None = None,
+                       sent: bool = True) -> SignupRequest:
+    """A signup of ``sub`` as the form makes one (with its own nonce), its confirmation sent."""
+    from course.signup import new_nonce
+
+    now = utcnow()
+    req = SignupRequest(email=sub.email, subscriber_id=sub.id, nonce=new_nonce(), state=state,
+                        name=sub.name if name is None else name, timezone=sub.timezone,
+                        consent_at=now, consent_version="test", created_at=now,
+                        queued_at=now, sent_at=now if sent else None, attempts=int(sent))
+    db.session.add(req)
+    db.session.commit()
+    return req
+
+
+def confirm_path(req: SignupRequest) -> str:
+    """The path of ``req``'s confirmation link (needs an app context)."""
+    from course.signup import confirmation_token
+
+    return f"/confirm/{confirmation_token(req)}"
 
 
 def copy_working_tree(dest: Path) -> None:

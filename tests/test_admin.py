@@ -45,7 +45,7 @@ def test_login_with_the_right_password_opens_the_admin_and_records_the_time(app)
     before = utcnow()
     resp = post_login(client, "  Owner@Example.COM ", PASSWORD)
     assert resp.status_code == 302
-    assert resp.headers["Location"] == "/admin/subscribers"
+    assert resp.headers["Location"] == "/admin/dashboard"
     assert client.get("/admin/subscribers").status_code == 200
     with app.app_context():
         user = db.session.scalar(db.select(AdminUser))
@@ -140,7 +140,7 @@ def test_login_returns_to_the_page_asked_for(app):
 def test_login_never_redirects_outside_the_admin(app, target):
     add_admin(app)
     resp = post_login(app.test_client(), EMAIL, PASSWORD, next_url=target)
-    assert resp.headers["Location"] == "/admin/subscribers"
+    assert resp.headers["Location"] == "/admin/dashboard"
 
 
 @pytest.mark.parametrize("target, expected", [
@@ -262,7 +262,7 @@ def test_subscriber_counts_come_from_their_deliveries(app, admin):
                 subscriber_id=busy.id, lesson_slug=lesson.slug, position=lesson.position,
                 status=DeliveryStatus.SENT if sent else DeliveryStatus.QUEUED,
                 sent_at=now if sent else None, opened_at=now if opened else None,
-                completed_at=now if done else None,
+                human_opened_at=now if opened else None, completed_at=now if done else None,
             ))
         lesson = course.lessons[0]
         db.session.add(Delivery(subscriber_id=other.id, lesson_slug=lesson.slug, position=1,

@@ -29,7 +29,9 @@ from course.render import recipient_for, render_lesson
 from course.timeutil import utcnow
 
 OTHER = "colleague@example.com"
-TOKEN_URL_RE = re.compile(r"http://localhost/(?:o|c|done|l|u)/[A-Za-z0-9._~=-]+(?:\.gif)?")
+# A click link has two tokens: the lesson's signed target, then the recipient's.
+TOKEN_URL_RE = re.compile(
+    r"http://localhost/(?:o|c|done|l|u)/[A-Za-z0-9._~=-]+(?:/[A-Za-z0-9._~=-]+)?(?:\.gif)?")
 
 
 def signed_in(app: Flask, email: str = EMAIL) -> FlaskClient:

@@ -21,7 +21,8 @@ PAGES = ("list, page 1", "list, deep page (half way)", "list by email, deep page
          "list by progress", "search, part of an email", "search, part of a name",
          "filter, status", "filter, next lesson", "filter, status + lesson, oldest",
          "filter, status, any order",
-         "subscriber page", "dashboard")
+         "subscriber page", "dashboard", "lessons (per-lesson figures, loss, links)",
+         "a lesson's page")
 
 
 @pytest.mark.slow
@@ -38,7 +39,8 @@ def test_small_admin_benchmark_times_every_page_and_gives_verdicts() -> None:
 
     for line in ("Minicourse admin pages benchmark", "machine:", "software:", "PostgreSQL",
                  "load average (1, 5, 15 min) before:", "parameters: 20,000 subscribers,",
-                 "20 timed requests per page", "seeding:", "targets (p95 < 300 ms):"):
+                 "20 timed requests per page", "seeding:", "targets (p95 < 300 ms):",
+                 "cached figures, computed by the background refresh", "  loss: "):
         assert line in report, f"{line!r} missing from:\n{report}"
     deliveries = re.search(r"subscribers, ([\d,]+) deliveries, ([\d,]+) events", report)
     assert deliveries, report

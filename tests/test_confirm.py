@@ -11,19 +11,22 @@ import time_machine
 from conftest import csrf_from, run_jobs
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import add_signup_request
 
 from course import tokens
 from course.extensions import db
-from course.models import Event, EventKind, Status, Subscriber
+from course.models import Event, EventKind, SignupRequest, Status, Subscriber
 from course.timeutil import utcnow
 
 
 def add(app: Flask, status: str = Status.PENDING, email: str = "ann@example.com") -> int:
+    """A subscriber and the signup whose link ``confirm_url`` makes (sent, still owed)."""
     with app.app_context():
         sub = Subscriber(email=email, name="Ann", timezone="Europe/Paris", status=status,
                          consent_at=utcnow())
         db.session.add(sub)
         db.session.commit()
+        add_signup_request(sub)
         return sub.id
 
 
@@ -36,8 +39,12 @@ def get(app: Flask, sub_id: int) -> Subscriber:
 
 
 def confirm_url(app: Flask, sub_id: int, purpose: str = "confirm") -> str:
+    """The link of the subscriber's latest signup (or a token of another purpose)."""
     with app.app_context():
-        return f"/confirm/{tokens.make(purpose, {'s': sub_id})}"
+        req = db.session.scalar(db.select(SignupRequest).where(
+            SignupRequest.subscriber_id == sub_id).order_by(SignupRequest.id.desc()))
+        nonce = req.nonce if req is not None else "none"
+        return f"/confirm/{tokens.make(purpose, {'s': sub_id, 'n': nonce})}"
 
 
 def press_button(client: FlaskClient, url: str) -> Any:

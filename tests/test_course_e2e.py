@@ -9,7 +9,7 @@ import time_machine
 
 from course import queue, signup
 from course.extensions import db
-from course.models import Delivery, DeliveryStatus, Status, Subscriber
+from course.models import Delivery, DeliveryStatus, SignupRequest, Status, Subscriber
 from tests.conftest import run_jobs
 
 NEW_YORK = ZoneInfo("America/New_York")
@@ -31,15 +31,16 @@ def test_whole_course_arrives_once_in_order_at_9am_local_across_the_dst_change(a
     start = datetime(2026, 10, 27, 15, 0, tzinfo=NEW_YORK)
     with time_machine.travel(start, tick=True) as clock:
         with app.test_request_context():
-            sub = signup.signup("learner@example.com", "Lee", "America/New_York",
-                                signup.Consent(ip="127.0.0.1", user_agent="pytest"))
-            sub_id = sub.id
-        run_jobs(app)
+            request_id = signup.signup("learner@example.com", "Lee", "America/New_York",
+                                       signup.Consent(ip="127.0.0.1", user_agent="pytest")).id
+        run_jobs(app)  # the job makes the subscriber and sends the confirmation
         assert [m["Subject"] for m in outbox] == [
             "Please confirm your spot in Networking for career changers"
         ]
         with app.app_context():
-            signup.confirm(sub_id)
+            req = db.session.get(SignupRequest, request_id)
+            sub_id = req.subscriber_id
+            signup.confirm(sub_id, req.nonce)
         run_jobs(app)  # the immediate tick, then lesson 1
         assert len(lesson_subjects(outbox)) == 1, "lesson 1 goes out right away"
 
@@ -99,4 +100,5 @@ def test_the_cron_file_schedules_the_tick_the_tracking_flush_and_the_webhook_swe
         "tick": (queue.TICK_QUEUE, 60),
         "flush_tracking": (queue.TICK_QUEUE, 5),
         "requeue_webhooks": (queue.TICK_QUEUE, 300),
+        "send_owed_confirmations": (queue.TICK_QUEUE, 60),
     }

@@ -262,7 +262,7 @@ def test_confirm_imports_people_as_pending_and_asks_each_to_confirm(app, tmp_pat
         assert subs["ann@example.com"].next_send_at is None
         assert subs["bob@example.com"].status == Status.UNSUBSCRIBED
     run_jobs(app)
-    assert [m["To"] for m in outbox] == ["Ann <ann@example.com>"]
+    assert [m["To"] for m in outbox] == ["ann@example.com"]  # confirmations carry no name
     assert "confirm" in outbox[0]["Subject"].lower()
 
 

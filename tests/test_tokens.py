@@ -77,6 +77,7 @@ ODD_LINKS = ("https://example.org/a?b=1&c=ü", 'https://example.org/"quoted"\\pa
 @pytest.mark.parametrize("purpose, payload", [
     ("open", {"d": 1}), ("unsubscribe", {"s": 2**31 - 1}),
     ("click", {"d": 7, "u": ODD_LINKS[0]}), ("click", {"d": 7, "k": 1, "u": ""}),
+    ("click", {"d": 7, "l": "0123456789abcdef"}), ("link", {"l": "0123", "u": ODD_LINKS[1]}),
 ])
 def test_the_batch_signer_makes_exactly_the_generic_token(purpose, payload):
     with time_machine.travel(1_800_000_000, tick=False):
@@ -92,17 +93,20 @@ def test_a_lesson_recipients_links_are_the_generic_tokens():
 
     rendered = RenderedLesson(template=Template(subject="s", html="h", text="t",
                                                 from_email="c@example.com"),
-                              links=ODD_LINKS, content_hash="x")
+                              links=ODD_LINKS, content_hash="0123456789abcdef" * 4,
+                              base_url="https://b", nonce="mc0123456789ab")
     with time_machine.travel(1_800_000_000, tick=False):
         signer = tokens.Signer(KEY)
         subs = recipient_for(rendered, delivery_id=31, subscriber_id=9, email="a@example.com",
                              name="Ann", signer=signer, base_url="https://b").substitutions
+        m = rendered.marks
         expected = {
-            "%%open_url%%": "https://b/o/" + signer.make("open", {"d": 31}) + ".gif",
-            "%%done_url%%": "https://b/done/" + signer.make("complete", {"d": 31}),
-            "%%web_url%%": "https://b/l/" + signer.make("web", {"d": 31}),
-            "%%canary_url%%": "https://b/c/" + signer.make("click", {"d": 31, "k": 1, "u": ""}),
-            "%%unsubscribe_url%%": "https://b/u/" + signer.make("unsubscribe", {"s": 9}),
-        } | {f"%%click_{i}%%": "https://b/c/" + signer.make("click", {"d": 31, "u": url})
-             for i, url in enumerate(ODD_LINKS)}
-    assert {k: v for k, v in subs.items() if k in expected} == expected
+            m["greeting"]: "Hi Ann,", m["greeting_html"]: "Hi Ann,",
+            m["open_url"]: "https://b/o/" + signer.make("open", {"d": 31}) + ".gif",
+            m["done_url"]: "https://b/done/" + signer.make("complete", {"d": 31}),
+            m["web_url"]: "https://b/l/" + signer.make("web", {"d": 31}),
+            m["unsubscribe_url"]: "https://b/u/" + signer.make("unsubscribe", {"s": 9}),
+            # One token for every click link of the lesson, bound to its version.
+            m["click"]: signer.make("click", {"d": 31, "l": "0123456789abcdef"}),
+        }
+    assert subs == expected

@@ -228,7 +228,10 @@ def test_the_hidden_canary_link_records_a_machine_click_and_leads_to_the_lesson(
     canary = m.group(1)
     assert canary not in text  # people reading the text part never see it
     with app.app_context():
-        assert tokens.read("click", canary.rsplit("/", 1)[1]) == {"d": d1, "u": "", "k": 1}
+        link, recipient = canary.removeprefix("/c/").split("/")
+        lesson_key = tokens.read("click", recipient)["l"]
+        assert tokens.read("click", recipient) == {"d": d1, "l": lesson_key}
+        assert tokens.read("link", link) == {"k": 1, "l": lesson_key, "u": ""}
     res = client.get(canary, headers={"User-Agent": BROWSER})
     assert res.status_code == 302 and res.headers["Location"].startswith("/l/")
     assert "When your cheerleaders go quiet" in client.get(res.headers["Location"]).get_data(

@@ -194,7 +194,8 @@ def test_production_without_a_key_refuses_unless_unsigned_is_allowed(make_app, a
         assert fresh(d.subscriber).status == (Status.BOUNCED if allow else Status.ACTIVE)
 
 
-PRODUCTION = {"MINICOURSE_ENV": "production", "SECRET_KEY": "x" * 48,
+PRODUCTION = {"MINICOURSE_ENV": "production",
+              "SECRET_KEY": "Ws2DKDTd-IBfAEYFQwuirRV2NKfZARMb3_t4xuGqguz7KSUp",
               "BASE_URL": "https://course.example.com", "MAIL_BACKEND": "sendgrid",
               "SENDGRID_API_KEY": "SG.test", "MAIL_FROM": "lessons@course.example.com"}
 

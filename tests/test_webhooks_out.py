@@ -22,7 +22,7 @@ from course.models import OutgoingWebhook, Status
 from course.queue import MAIL_QUEUE, queue
 from course.timeutil import utcnow
 from tests.conftest import run_jobs
-from tests.helpers import add_subscriber
+from tests.helpers import add_signup_request, add_subscriber
 from tests.webhook_receiver import Receiver
 
 SECRET = "whsec-test-0123456789abcdef0123456789"
@@ -57,8 +57,9 @@ def check_signature(headers: dict[str, str], body: bytes) -> None:
 
 def test_confirming_and_the_first_lesson_reach_every_url_signed(hook_app: Flask, receiver):
     with hook_app.app_context():
-        sub_id = add_subscriber("ada@example.org", status=Status.PENDING, name="Ada").id
-        signup.confirm(sub_id)  # also enqueues the tick, which sends lesson 1
+        sub = add_subscriber("ada@example.org", status=Status.PENDING, name="Ada")
+        sub_id = sub.id
+        signup.confirm(sub_id, add_signup_request(sub).nonce)  # also enqueues the tick
         run_jobs(hook_app)
     received = sorted(receiver.requests, key=lambda r: (json.loads(r.body)["type"], r.path))
     assert [(json.loads(r.body)["type"], r.path) for r in received] == [

@@ -1,6 +1,7 @@
 """``rq cron workers/cron.py``: enqueue the scheduler tick every minute, the flush of
-buffered opens and clicks every 5 seconds, and every 5 minutes a sweep that re-enqueues
-outgoing webhooks whose jobs Redis lost.
+buffered opens and clicks every 5 seconds, every minute the confirmation emails signups
+are still owed, and every 5 minutes a sweep that re-enqueues outgoing webhooks whose jobs
+Redis lost.
 
 Any number of cron processes may run: the tick takes work with row locks
 (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) and deliveries are unique, so an extra tick
@@ -11,7 +12,7 @@ from rq import cron
 
 from course.queue import TICK_QUEUE
 from workers.routine_logs import quiet_routine_jobs
-from workers.tasks import flush_tracking, requeue_webhooks, tick
+from workers.tasks import flush_tracking, requeue_webhooks, send_owed_confirmations, tick
 
 quiet_routine_jobs()  # "Enqueued job flush_tracking ..." every 5 s is logged at DEBUG
 
@@ -25,3 +26,7 @@ cron.register(flush_tracking, queue_name=TICK_QUEUE, interval=5, job_timeout=300
 # flushed or down) is found here and enqueued again under the same job id.
 cron.register(requeue_webhooks, queue_name=TICK_QUEUE, interval=300, job_timeout=120,
               result_ttl=600, ttl=240, failure_ttl=3600)
+# Signups are rows first and jobs second too: a confirmation Redis could not take (it was
+# down during the signup) or lost is found here and queued again.
+cron.register(send_owed_confirmations, queue_name=TICK_QUEUE, interval=60, job_timeout=120,
+              result_ttl=600, ttl=120, failure_ttl=3600)

@@ -5,7 +5,7 @@ They run inside the app context the worker pushes per job (see ``workers.worker`
 
 from __future__ import annotations
 
-from course import health, pipeline, tracking_buffer, webhooks_out
+from course import confirmations, health, pipeline, tracking_buffer, webhooks_out
 
 
 def tick() -> dict[str, int]:
@@ -20,8 +20,14 @@ def send_deliveries(delivery_ids: list[int]) -> int:
     return pipeline.send_deliveries(delivery_ids)
 
 
-def send_confirmation(subscriber_id: int) -> bool:
-    return pipeline.send_confirmation(subscriber_id)
+def send_confirmation(signup_request_id: int) -> bool:
+    """Send one signup's confirmation (claimed first, so a duplicate job sends nothing)."""
+    return confirmations.send(signup_request_id)
+
+
+def send_owed_confirmations() -> int:
+    """Queue the confirmations signups are still owed (Redis was down when they came)."""
+    return confirmations.send_owed()
 
 
 def flush_tracking() -> int:

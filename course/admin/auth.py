@@ -2,9 +2,14 @@
 
 One generic error for any failed login (so the form never tells whether an address has
 an account), a rate limit on POST, and a ``next`` redirect that can only stay in /admin.
-A session carries a fingerprint of the admin's password hash, and loads only while the
-account is active and the fingerprint still matches: ``flask admin disable`` or a new
-password ends every session of that admin on its next request.
+
+A session carries a fingerprint of the admin's session version and password hash
+(``course.admin_accounts.session_fingerprint``) and loads only while the account is active
+and the fingerprint still matches, checked on every admin request. Signing out bumps the
+version, and so do ``flask admin disable`` and a new password: every session of that admin
+ends, in every browser, including any copy of the cookie taken before. (So signing out on
+one device signs the admin out everywhere: the price of needing no server-side session
+store.)
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from werkzeug.wrappers import Response
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
-from ..admin_accounts import session_fingerprint
+from ..admin_accounts import end_sessions, session_fingerprint
 from ..extensions import db, limiter, login_manager
+from ..ids import parse_id
 from ..models import AdminUser
 from ..signup import normalise_email
 from ..timeutil import utcnow
@@ -40,11 +46,10 @@ SESSION_FINGERPRINT = "admin_fingerprint"
 
 @login_manager.user_loader
 def load_user(user_id: str) -> AdminUser | None:
-    """The session's admin, if still active and on the password the session signed in with."""
-    try:
-        user = db.session.get(AdminUser, int(user_id))
-    except (TypeError, ValueError):
-        return None
+    """The session's admin, if still active and the session's fingerprint still matches
+    (same session version, same password)."""
+    admin_id = parse_id(user_id)
+    user = db.session.get(AdminUser, admin_id) if admin_id is not None else None
     if user is None or not user.is_active:
         return None
     carried = session.get(SESSION_FINGERPRINT)
@@ -102,7 +107,7 @@ def authenticate(email: str, password: str) -> AdminUser | None:
 def login() -> str | Response:
     next_url = safe_next(request.args.get("next"))
     if current_user.is_authenticated:
-        return redirect(next_url or url_for("admin.subscribers"))
+        return redirect(next_url or url_for("admin.dashboard"))
     form = LoginForm()
     error = None
     if form.validate_on_submit():
@@ -114,7 +119,7 @@ def login() -> str | Response:
             session[SESSION_FINGERPRINT] = session_fingerprint(user)
             user.last_login_at = utcnow()
             db.session.commit()
-            return redirect(next_url or url_for("admin.subscribers"))
+            return redirect(next_url or url_for("admin.dashboard"))
         error = LOGIN_FAILED
     elif form.is_submitted():
         error = "Enter your email and password."
@@ -124,6 +129,9 @@ def login() -> str | Response:
 @bp.route("/logout", methods=["POST"])
 def logout() -> Response:
     # CSRFProtect checks the token before this runs, so a cross-site POST cannot log out.
+    # The admin blueprint lets only a signed-in admin get here.
+    end_sessions(current_user._get_current_object())
+    db.session.commit()
     logout_user()
     session.clear()
     flash("You are signed out.")

@@ -10,6 +10,9 @@ aggregates except the very first, or one after Redis lost them (or a day went by
 "Refresh now" recomputes them at once. If Redis does not answer, every visit computes them
 directly: slower, never an error. The pipeline's own figures (queues, workers, last tick,
 pause) are cheap and always live.
+
+The Lessons page reads its per-lesson figures (the same funnel, raw hits, where people are
+lost, clicks per link) through the same cache, so both pages show the same numbers.
 """
 
 from __future__ import annotations
@@ -23,24 +26,26 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from flask import flash, redirect, render_template, url_for
+from flask import current_app, flash, redirect, render_template, url_for
 from redis import RedisError
 from sqlalchemy import func
 from werkzeug.wrappers import Response
 
-from .. import health, tracking_stats
+from .. import dropoff_stats, health, tracking_stats
 from ..content import current_course
 from ..extensions import db
 from ..models import Status, Subscriber
 from ..queue import TICK_QUEUE, enqueue, redis_connection
+from ..rehearsal import real_subscribers
 from ..timeutil import utcnow
 from . import bp
 from .queries import status_counts
 
 log = logging.getLogger(__name__)
 
-# The version changes whenever a figure's shape does, so a deploy never reads the old shape.
-CACHE_PREFIX = "minicourse:dashboard:v1:"
+# The version changes whenever a figure's shape or meaning does, so a deploy never reads
+# the old one (v2: "opened" counts lessons marked done; the Lessons page's figures).
+CACHE_PREFIX = "minicourse:dashboard:v2:"
 REFRESH_LOCK = CACHE_PREFIX + "refreshing"
 FRESH_SECONDS = 60  # older figures are shown, and recomputed in the background
 # Kept for a day, so the owner's first visit of the morning is not the one that waits (at a
@@ -59,7 +64,8 @@ def signups_per_day(now: datetime, days: int = SIGNUP_DAYS) -> list[tuple[str, i
     start = datetime(first.year, first.month, first.day, tzinfo=UTC)
     day = func.date(Subscriber.created_at)  # stored as naive UTC, so this is the UTC day
     rows = db.session.execute(
-        db.select(day, func.count()).where(Subscriber.created_at >= start).group_by(day)
+        db.select(day, func.count())
+        .where(Subscriber.created_at >= start, real_subscribers()).group_by(day)
     ).all()
     return fill_days(first, days, {str(value)[:10]: int(n) for value, n in rows})
 
@@ -70,13 +76,32 @@ def fill_days(first: date, days: int, counts: dict[str, int]) -> list[tuple[str,
             for d in (first + timedelta(days=i) for i in range(days))]
 
 
-FIGURES: dict[str, Callable[[datetime], Any]] = {
+FIGURES: dict[str, Callable[[datetime], Any]] = {  # the dashboard's
     "status_counts": lambda now: status_counts(),
     "signups": lambda now: signups_per_day(now),
     "funnel": lambda now: [asdict(row) for row in tracking_stats.lesson_funnel()],
     "completions": lambda now: tracking_stats.completions(),
     "rates": lambda now: asdict(health.sending_rates(now)),
 }
+LESSON_FIGURES: dict[str, Callable[[datetime], Any]] = {  # the Lessons page's
+    "funnel": FIGURES["funnel"],
+    "completions": FIGURES["completions"],
+    "hits": lambda now: [[position, asdict(counts)] for position, counts
+                         in sorted(tracking_stats.hits_per_lesson().items())],
+    "loss": lambda now: dropoff_stats.lesson_loss(
+        now, current_app.config["ADMIN_STALLED_DAYS"], current_course().length),
+    "links": lambda now: [asdict(row) for row in tracking_stats.clicks_per_link()],
+}
+@bp.app_template_global("figure_meaning")
+def figure_meaning(name: str, days: int = dropoff_stats.DEFAULT_STALLED_DAYS) -> tuple[str, str]:
+    """A figure's label and meaning, for the legends (one wording for every admin page)."""
+    label, meaning = {**tracking_stats.FIGURES, **dropoff_stats.FIGURES}[name]
+    return label, meaning.replace("{days}", str(days))
+
+
+# Each page's figures; a figure two pages show ("funnel") is one cached value for both.
+GROUPS = {"dashboard": FIGURES, "lessons": LESSON_FIGURES}
+EVERY_FIGURE = {name: f for figures in GROUPS.values() for name, f in figures.items()}
 
 
 @dataclass(frozen=True)
@@ -91,7 +116,7 @@ class Figures:
 
 def compute(names: Sequence[str], now: datetime) -> dict[str, Any]:
     # Through JSON even when not cached, so a figure looks the same either way.
-    return {name: json.loads(json.dumps(FIGURES[name](now))) for name in names}
+    return {name: json.loads(json.dumps(EVERY_FIGURE[name](now))) for name in names}
 
 
 def _store(values: dict[str, Any], at: float) -> None:
@@ -114,10 +139,11 @@ def _parse(blob: bytes | str | None) -> dict[str, Any] | None:
     return record if isinstance(record.get("at"), int | float) else None
 
 
-def load_figures(now: datetime | None = None) -> Figures:
-    """The cached figures (computing the missing ones), starting a refresh of stale ones."""
+def load_figures(now: datetime | None = None, group: str = "dashboard") -> Figures:
+    """One page's cached figures (``GROUPS[group]``), computing the missing ones, and
+    starting a background refresh of the page's figures when one of them is stale."""
     now = now or utcnow()
-    names = list(FIGURES)
+    names = list(GROUPS[group])
     try:
         conn = redis_connection()
         blobs = conn.mget([CACHE_PREFIX + name for name in names])
@@ -138,35 +164,37 @@ def load_figures(now: datetime | None = None) -> Figures:
     oldest = min(float(r["at"]) for r in records.values())
     stale = now.timestamp() - oldest > FRESH_SECONDS
     if stale:
-        _schedule_refresh()
+        _schedule_refresh(group)
     values = {name: records[name]["value"] for name in names}
     return Figures(values, datetime.fromtimestamp(oldest, UTC), refreshing=stale)
 
 
-def _schedule_refresh() -> None:
+def _schedule_refresh(group: str) -> None:
+    # One refresh at a time, whichever page asked: a page that finds the lock taken asks
+    # again on its next visit once the running refresh is over.
     try:
         if redis_connection().set(REFRESH_LOCK, "1", nx=True, ex=LOCK_SECONDS):
-            enqueue("course.admin.dashboard.refresh_figures", queue_name=TICK_QUEUE,
+            enqueue("course.admin.dashboard.refresh_figures", group, queue_name=TICK_QUEUE,
                     retries=0)
     except RedisError:
         log.warning("dashboard: could not start a refresh", exc_info=True)
 
 
-def refresh_figures() -> bool:
-    """Recompute and cache every figure (the background job, and "Refresh now").
+def refresh_figures(group: str = "dashboard") -> bool:
+    """Recompute and cache one page's figures (the background job, and "Refresh now").
 
     Returns False when Redis could not keep them.
     """
     started = time.monotonic()
     now = utcnow()
-    values = compute(list(FIGURES), now)
+    values = compute(list(GROUPS.get(group, FIGURES)), now)
     try:
         _store(values, now.timestamp())
         redis_connection().delete(REFRESH_LOCK)
     except RedisError:
         log.warning("dashboard: could not cache the figures", exc_info=True)
         return False
-    log.info("dashboard: figures refreshed in %.2f s", time.monotonic() - started)
+    log.info("dashboard: %s figures refreshed in %.2f s", group, time.monotonic() - started)
     return True
 
 
@@ -202,7 +230,7 @@ WIDTH, HEIGHT = 320, 180  # about a phone's width, so the text stays legible the
 LEFT, TOP, BOTTOM = 34.0, 10.0, 156.0
 SERIES = (  # the funnel's bars, in order: (LessonFunnel field, legend, colour)
     ("sent", "sent", "#6b7383"),
-    ("human_opened", "opened by a person", "#1f5fbf"),
+    ("human_opened", "opened (by a person, or done)", "#1f5fbf"),
     ("clicked", "clicked", "#b35c00"),
     ("done", "done", "#1d6b3a"),
 )
@@ -281,7 +309,7 @@ def funnel_rows(funnel: list[dict[str, Any]]) -> list[tracking_stats.LessonFunne
 @bp.route("/dashboard")
 def dashboard() -> str:
     now = utcnow()
-    figures = load_figures(now)
+    figures = load_figures(now, "dashboard")
     values = figures.values
     pipeline = health.pipeline_health(now)
     rates = health.SendingRates(**values["rates"])

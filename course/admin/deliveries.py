@@ -19,6 +19,7 @@ from werkzeug.wrappers import Response
 from .. import audit, queue, sendstate
 from ..content import current_course
 from ..extensions import db
+from ..ids import parse_id
 from ..lessons import Lesson
 from ..models import Delivery
 from ..sending import resend
@@ -52,7 +53,8 @@ def deliveries() -> str:
     status = request.args.get("status", "")
     if status not in ATTENTION:
         status = ""
-    page = max(1, request.args.get("page", 1, type=int) or 1)
+    # A page number is bound as an OFFSET: keep it in range like an id (course/ids.py).
+    page = parse_id(request.args.get("page")) or 1
     pagination = db.paginate(
         attention_query(status),
         page=page,

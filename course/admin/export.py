@@ -24,6 +24,7 @@ from ..csv_io import BOM, EXPORT_COLUMNS, Counts, export_row
 from ..extensions import db, id_in
 from ..models import Delivery, Status, Subscriber
 from ..timeutil import utcnow
+from ..tracking_stats import count_opened
 from . import bp
 from .queries import SubscriberFilter, status_counts
 
@@ -101,17 +102,18 @@ def _drain(buffer: io.StringIO) -> str:
 
 
 def _counts(subscriber_ids: Sequence[int]) -> dict[int, Counts]:
-    """Lessons sent, opened by a person, clicked and done, for one chunk, in one query."""
+    """Lessons sent, opened (by a person, or done: ``tracking_stats.opened_by_person``),
+    clicked and done, for one chunk, in one query."""
     rows = db.session.execute(
         db.select(
             Delivery.subscriber_id,
             func.count(Delivery.sent_at),
-            func.count(Delivery.human_opened_at),
+            count_opened(),
             func.count(Delivery.clicked_at),
             func.count(Delivery.completed_at),
         )
         .where(id_in(Delivery.subscriber_id, subscriber_ids))
         .group_by(Delivery.subscriber_id)
     ).all()
-    return {sid: Counts(sent, opened, clicked, done)
+    return {sid: Counts(sent, int(opened), clicked, done)
             for sid, sent, opened, clicked, done in rows}

@@ -18,14 +18,16 @@ from flask_login import current_user
 from flask_wtf import FlaskForm
 from werkzeug.wrappers import Response
 
-from .. import tracking_stats
+from .. import dropoff_stats, tracking_stats
 from ..content import current_course
 from ..extensions import limiter
 from ..lessons import Course, Lesson
 from ..mail import MailError, Recipient, Template, get_backend, substitute
-from ..render import _click_key, recipient_for, render_lesson
+from ..render import recipient_for, render_lesson
 from ..security import CSP
+from ..timeutil import utcnow
 from . import bp
+from .lessons import lesson_figures
 from .outbox import without_open_pixel
 
 # No delivery or subscriber has id 0: links signed for it are refused as not valid.
@@ -80,22 +82,10 @@ def sample_email(course: Course, lesson: Lesson, email: str) -> LessonEmail:
     rendered = render_lesson(course, lesson)
     recipient = recipient_for(rendered, delivery_id=PREVIEW_ID, subscriber_id=PREVIEW_ID,
                               email=email, name=SAMPLE_NAME)
-    for index, url in enumerate(rendered.links):
-        if PLAIN_URL_RE.match(url):
-            recipient.substitutions[_click_key(index)] = url
     # No delivery id for the provider's events either: they must not land on a delivery.
     recipient.custom_args = {"preview": "1"}
-    return LessonEmail(rendered.template, recipient)
-
-
-def lesson_figures(lesson: Lesson) -> tuple[tracking_stats.LessonFunnel,
-                                            tracking_stats.HitCounts]:
-    """This lesson's row of the lessons page: deliveries, then raw hits."""
-    funnel = next((row for row in tracking_stats.lesson_funnel()
-                   if row.position == lesson.position),
-                  tracking_stats.LessonFunnel(lesson.position, lesson.slug))
-    hits = tracking_stats.hits_per_lesson().get(lesson.position, tracking_stats.HitCounts())
-    return funnel, hits
+    return LessonEmail(rendered.with_links(lambda url: bool(PLAIN_URL_RE.match(url))),
+                       recipient)
 
 
 @bp.route("/lessons/<int:position>")
@@ -103,14 +93,20 @@ def lesson_preview(position: int) -> Response:
     course = current_course()
     lesson = lesson_or_404(position)
     message = sample_email(course, lesson, current_user.email)
-    funnel, hits = lesson_figures(lesson)
+    # The same cached figures as the Lessons page (course/admin/lessons.py).
+    figures = lesson_figures(utcnow())
     page = render_template(
         "admin/lesson_preview.html",
         course=course,
         lesson=lesson,
         message=message,
-        funnel=funnel,
-        hits=hits,
+        funnel=figures.funnel.get(position,
+                                  tracking_stats.LessonFunnel(position, lesson.slug)),
+        hits=figures.hits.get(position, tracking_stats.HitCounts()),
+        loss=figures.loss.get(position, dropoff_stats.LessonLoss(position)),
+        links=figures.links.get(position, []),
+        stalled_days=figures.stalled_days,
+        figures_as_of=figures.figures.as_of,
         previous=course.lesson_at(position - 1),
         following=course.lesson_at(position + 1),
         form=SendTestForm(),

@@ -12,8 +12,11 @@ from sqlalchemy import ColumnElement, Select, and_, bindparam, func, or_, text, 
 from sqlalchemy.orm import InstrumentedAttribute, joinedload
 
 from ..extensions import db
+from ..ids import DB_ID_MAX
 from ..models import Delivery, DeliveryStatus, Status, Subscriber, SubscriberSearch
+from ..rehearsal import real_subscribers
 from ..timeutil import utcnow
+from ..tracking_stats import count_opened
 
 # A delivery claimed this long ago and still "sending" was left by a worker that stopped
 # (a send job is killed after 10 minutes); the same cut-off as ``sending.stuck_sending``.
@@ -22,18 +25,19 @@ STUCK_AFTER = timedelta(minutes=10)
 ATTENTION = (DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN, DeliveryStatus.SENDING)
 # Deliveries that may already be in the subscriber's inbox: resent only on confirmation.
 MAYBE_DELIVERED = (DeliveryStatus.UNKNOWN, DeliveryStatus.SENDING)
-# Primary keys are 32-bit integers; larger ids in a URL or form are simply not found
-# (SQLite cannot even bind integers past 64 bits).
-MAX_ID = 2**31 - 1
+# Primary keys are 32-bit integers; larger ids in a URL or form are simply not found.
+MAX_ID = DB_ID_MAX
 
 
 @dataclass(frozen=True)
 class Progress:
-    """Lessons sent, opened and marked done by one subscriber."""
+    """Lessons sent, opened (by a person, or done), clicked and marked done by one
+    subscriber: the definitions of ``course.tracking_stats``, as on every admin page."""
 
     sent: int = 0
     opened: int = 0
     done: int = 0
+    clicked: int = 0
 
 
 def escape_like(text: str) -> str:
@@ -213,27 +217,31 @@ def _estimated_subscribers() -> int:
 
 
 def progress_for(subscriber_ids: Sequence[int]) -> dict[int, Progress]:
-    """Sent / opened / done counts for a page of subscribers in one aggregate query."""
+    """Sent / opened / done / clicked counts for a page of subscribers in one aggregate
+    query (through ``ix_delivery_subscriber_id``)."""
     if not subscriber_ids:
         return {}
     rows = db.session.execute(
         db.select(
             Delivery.subscriber_id,
             func.count(Delivery.sent_at),
-            func.count(Delivery.opened_at),
+            count_opened(),
             func.count(Delivery.completed_at),
+            func.count(Delivery.clicked_at),
         )
         .where(Delivery.subscriber_id.in_(list(subscriber_ids)))
         .group_by(Delivery.subscriber_id)
     ).all()
-    return {sid: Progress(sent, opened, done) for sid, sent, opened, done in rows}
+    return {sid: Progress(sent, int(opened), done, clicked)
+            for sid, sent, opened, done, clicked in rows}
 
 
 def status_counts() -> dict[str, int]:
     """How many subscribers are in each status (every status listed, zeros included)."""
     counts = dict.fromkeys(Status.ALL, 0)
     rows = db.session.execute(
-        db.select(Subscriber.status, func.count()).group_by(Subscriber.status)
+        db.select(Subscriber.status, func.count()).where(real_subscribers())
+        .group_by(Subscriber.status)
     ).all()
     for status, count in rows:
         counts[status] = count

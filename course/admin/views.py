@@ -19,6 +19,7 @@ from .queries import (
     MAX_ID,
     MAX_OFFSET,
     SORTS,
+    Progress,
     SubscriberFilter,
     attention_counts,
     count_matching,
@@ -148,6 +149,9 @@ def subscriber(subscriber_id: int) -> str:
         next_lesson=course.lesson_at(sub.next_position),
         resendable=resendable(d.id for d in deliveries),
         hits=tracking_stats.hits_for_subscriber(sub.id),
+        # The same counts as their row in the list, by the same definitions.
+        progress=progress_for([sub.id]).get(sub.id, Progress()),
+        opened_by_person_at=tracking_stats.opened_by_person_at,
         no_hits=tracking_stats.HitCounts(),
         audit=audit.entries_for(sub.id),
         erased=subscriber_actions.is_erased(sub),

@@ -6,9 +6,9 @@ from flask import current_app, flash, redirect, render_template, request, url_fo
 from werkzeug.wrappers import Response
 
 from .. import webhooks_out
+from ..ids import parse_ids
 from . import bp
-from .deliveries import ID_RE, MAX_IDS
-from .queries import MAX_ID
+from .deliveries import MAX_IDS
 
 
 @bp.route("/webhooks")
@@ -24,8 +24,7 @@ def webhooks() -> str:
 @bp.route("/webhooks/retry", methods=["POST"])
 def retry_webhooks() -> Response:
     """Start the ticked failed webhooks over (they are enqueued once this commits)."""
-    values = request.form.getlist("id")[:MAX_IDS]
-    ids = [int(v) for v in values if ID_RE.fullmatch(v) and 0 < int(v) <= MAX_ID]
+    ids = parse_ids(request.form.getlist("id")[:MAX_IDS])
     if not ids:
         flash("Nothing was retried: tick the webhooks to retry first.", "error")
     else:

@@ -1,18 +1,23 @@
 """Mail backends: one interface, a batch of recipients of the same message per call.
 
-A batch is one :class:`Template` (subject, HTML and text with ``%%key%%`` placeholders)
-and a list of :class:`Recipient` (their substitutions, headers and ``custom_args``).
-SendGrid sends a batch in one API call with per-recipient substitutions; the outbox,
-SMTP and memory backends fill the placeholders themselves, one message per recipient.
+A batch is one :class:`Template` (subject, HTML and text with placeholders) and a list of
+:class:`Recipient` (their substitutions, headers and ``custom_args``). SendGrid sends a
+batch in one API call with per-recipient substitutions; the outbox, SMTP and memory
+backends fill the placeholders themselves with :func:`substitute`, one message per
+recipient. The result is the same either way because the renderer (``course.render``)
+makes placeholders that occur nowhere else: not in the content, not in any value, not
+overlapping one another, so the order and number of passes cannot change the outcome.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from functools import lru_cache
 from typing import Any, Protocol
 
 from .errors import AuthError, MailError, PermanentError, TransientError, UnknownOutcomeError
@@ -20,9 +25,8 @@ from .errors import AuthError, MailError, PermanentError, TransientError, Unknow
 __all__ = [
     "AuthError", "MailError", "PermanentError", "TransientError", "UnknownOutcomeError",
     "Recipient", "Result", "Template", "get_backend", "one_line", "personalize", "substitute",
+    "uses_any",
 ]
-
-PLACEHOLDER_RE = re.compile(r"%%[a-z0-9_]+%%")
 
 
 @dataclass(frozen=True)
@@ -68,9 +72,25 @@ def one_line(value: str) -> str:
     return " ".join(value.replace("\r", " ").replace("\n", " ").split())
 
 
+@lru_cache(maxsize=128)
+def _keys_pattern(keys: tuple[str, ...]) -> re.Pattern[str]:
+    # Longest first, so a key that begins another never wins at the same position.
+    return re.compile("|".join(re.escape(k) for k in sorted(keys, key=len, reverse=True)))
+
+
 def substitute(text: str, substitutions: dict[str, str]) -> str:
-    """Fill ``%%key%%`` placeholders in one pass (values are never re-scanned)."""
-    return PLACEHOLDER_RE.sub(lambda m: substitutions.get(m.group(0), m.group(0)), text)
+    """Fill the placeholders in one pass: only the keys given are looked for (not anything
+    that looks like a placeholder, so the text around one cannot swallow it), and values
+    are never scanned again."""
+    if not substitutions:
+        return text
+    pattern = _keys_pattern(tuple(substitutions))
+    return pattern.sub(lambda m: substitutions[m.group(0)], text)
+
+
+def uses_any(text: str, keys: Iterable[str]) -> bool:
+    """Whether any of the placeholders ``keys`` occurs in ``text``."""
+    return any(key in text for key in keys)
 
 
 def personalize(template: Template, recipient: Recipient) -> EmailMessage:

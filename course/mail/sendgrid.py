@@ -26,7 +26,7 @@ import orjson
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
-from . import PLACEHOLDER_RE, Recipient, Result, Template, one_line, substitute
+from . import Recipient, Result, Template, one_line, substitute, uses_any
 from .errors import AuthError, MailError, PermanentError, TransientError, UnknownOutcomeError
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class SendGridBackend:
 
     def body(self, template: Template, recipients: list[Recipient]) -> dict[str, Any]:
         """The v3 mail/send JSON for one request."""
-        subject_varies = PLACEHOLDER_RE.search(template.subject) is not None
+        subject_varies = any(uses_any(template.subject, r.substitutions) for r in recipients)
         body: dict[str, Any] = {
             "from": address(template.from_email, template.from_name),
             "subject": one_line(template.subject),
@@ -224,14 +224,18 @@ def address(email: str, name: str = "") -> dict[str, str]:
 def personalization(template: Template, recipient: Recipient,
                     subject_varies: bool | None = None) -> dict[str, Any]:
     """One recipient's part of the request; ``subject_varies`` (whether the subject has
-    placeholders) is worked out once per request by :meth:`SendGridBackend.body`."""
+    placeholders) is worked out once per request by :meth:`SendGridBackend.body`.
+
+    SendGrid fills the substitutions into the content and subject itself; the placeholders
+    ``course.render`` makes occur nowhere but where they belong, so it comes out exactly as
+    :func:`course.mail.substitute` fills it for the other backends."""
     subs = recipient.substitutions
     email, name = recipient.email, recipient.name
     p: dict[str, Any] = {"to": [address(email, name)]}
     if subs:
         p["substitutions"] = subs
     if subject_varies is None:
-        subject_varies = PLACEHOLDER_RE.search(template.subject) is not None
+        subject_varies = uses_any(template.subject, subs)
     if subject_varies:
         # A substituted value must not smuggle a line break into the Subject header.
         p["subject"] = one_line(substitute(template.subject, subs))

@@ -12,6 +12,7 @@ from course import tokens
 from course.extensions import db
 from course.models import Status, Subscriber
 from course.timeutil import utcnow
+from tests.helpers import add_signup_request
 
 from .conftest import Site
 from .pagecheck import FOCUS_JS
@@ -62,9 +63,10 @@ def test_an_expired_confirmation_link_offers_a_fresh_one(site: Site) -> None:
                          consent_at=utcnow())
         db.session.add(sub)
         db.session.commit()
+        req = add_signup_request(sub)
         with time_machine.travel(time.time() - site.app.config["CONFIRM_MAX_AGE"] - 60,
                                  tick=False):
-            old = tokens.Signer().make("confirm", {"s": sub.id})
+            old = tokens.Signer().make("confirm", {"s": sub.id, "n": req.nonce})
     page = site.page()
     page.goto(f"/confirm/{old}")
     expect(page.get_by_role("heading", level=1)).to_have_text("This link has expired")
@@ -74,6 +76,27 @@ def test_an_expired_confirmation_link_offers_a_fresh_one(site: Site) -> None:
     expect(page.get_by_role("heading", level=1)).to_have_text("Check your inbox")
     site.jobs()
     assert "/confirm/" in site.mailbox.link(site.mailbox.one_new("late@example.com"), "confirm")
+
+
+def test_check_inbox_repeats_the_address_and_names_the_sender(site: Site) -> None:
+    """What to look for, and where: the address as we understood it (a typo shows), and
+    the sender's name and address. A long address wraps at phone width."""
+    address = "someone.with.a.rather.long.address+minicourse@example.com"
+    page = site.page()
+    page.goto("/")
+    page.get_by_label("Email address").fill(f"  {address.upper()} ")
+    page.get_by_label(re.compile(r"^Yes, please email me")).check()
+    page.get_by_role("button", name="Send me lesson 1").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Check your inbox")
+    main = page.locator("main")
+    expect(main).to_contain_text(f"sending an email to {address} with a link")
+    with site.app.app_context():
+        from course.content import current_course
+
+        sender = current_course().sender_name
+    expect(main).to_contain_text(
+        f"Look for an email from {sender} ({site.app.config['MAIL_FROM']})")
+    site.check(page, "03-check-inbox-long-address")
 
 
 def test_broken_links_and_missing_pages_get_friendly_pages(site: Site) -> None:
