@@ -5,9 +5,9 @@ screenshots for people to look at."""
 
 from __future__ import annotations
 
-from course import pipeline
+from course import confirmations, pipeline
 from course.models import Status
-from tests.helpers import add_subscriber
+from tests.helpers import add_signup_request, add_subscriber
 
 from .conftest import PHONE, Site
 
@@ -30,7 +30,7 @@ def test_lesson_and_confirmation_emails_read_well_at_both_widths(site: Site) -> 
         add_subscriber("reader@example.com", name="Ada")
         pipeline.tick(enqueue=lambda ids: pipeline.send_deliveries(ids))
         pending = add_subscriber("new@example.com", status=Status.PENDING)
-        assert pipeline.send_confirmation(pending.id)
+        assert confirmations.send(add_signup_request(pending, sent=False).id)
     messages = {m["To"].addresses[0].addr_spec: m for m in site.mailbox.new()}
     lesson = messages["reader@example.com"]
     confirmation = messages["new@example.com"]
