@@ -182,7 +182,7 @@ def seed_all(engine: sa.Engine, count: int, slugs: list[str], cadence: int) -> d
         ) AS s
     """
     # One delivery per lesson already sent; about 60% opened, a quarter clicked, a third
-    # done, a few failed or left "unknown", and the lesson in flight for some active ones.
+    # done, a few failed or left "unconfirmed", and the lesson in flight for some active ones.
     deliveries = """
         INSERT INTO delivery (subscriber_id, lesson_slug, position, content_hash, status,
             attempts, error, provider_message_id, scheduled_at, enqueued_at, claimed_at,
@@ -204,7 +204,7 @@ def seed_all(engine: sa.Engine, count: int, slugs: list[str], cadence: int) -> d
             SELECT s.id, p, ((s.id * 7 + p * 13) % 100) AS k,
                    CASE WHEN p = s.next_position THEN 'queued'
                         WHEN (s.id + p) % 2003 = 0 THEN 'failed'
-                        WHEN (s.id + p) % 4001 = 0 THEN 'unknown'
+                        WHEN (s.id + p) % 4001 = 0 THEN 'unconfirmed'
                         ELSE 'sent' END AS ds,
                    s.created_at + make_interval(days => (p - 1) * :cadence, hours => 1) AS at
             FROM subscriber s

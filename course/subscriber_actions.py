@@ -31,7 +31,7 @@ from .timeutil import utcnow
 CONFIRM_NOT_DELIVERED = "not-delivered"
 CONFIRM_SEND_AGAIN = "send-again"
 # Deliveries that may already be in the inbox; "sending" only once a worker left it stuck.
-MAYBE_DELIVERED = (DeliveryStatus.UNKNOWN, DeliveryStatus.SENDING)
+MAYBE_DELIVERED = (DeliveryStatus.UNCONFIRMED, DeliveryStatus.SENDING)
 STUCK_AFTER = timedelta(minutes=10)  # as in admin/queries.py: a send job dies by then
 NO_MAIL = (Status.UNSUBSCRIBED, Status.BOUNCED, Status.COMPLAINED)
 ERASED_DOMAIN = "erased.invalid"  # .invalid never resolves (RFC 2606): nothing can be sent

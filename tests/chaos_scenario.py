@@ -422,7 +422,7 @@ def _drive(app: Flask, settings: ChaosSettings, server: ServerProcess, workers: 
             active = db.session.scalar(select(func.count()).where(
                 Subscriber.status == Status.ACTIVE)) or 0
             db.session.remove()
-        settled = states.get(DeliveryStatus.SENT, 0) + states.get(DeliveryStatus.UNKNOWN, 0)
+        settled = states.get(DeliveryStatus.SENT, 0) + states.get(DeliveryStatus.UNCONFIRMED, 0)
         in_flight = states.get(DeliveryStatus.QUEUED, 0) + states.get(DeliveryStatus.SENDING, 0)
         if active == 0 and in_flight == 0:
             return
@@ -608,7 +608,7 @@ class ChaosReport:
                      (str(d.id) for d in sent if d.id in ledger_ids
                       and ledger_ids[d.id].message_id != d.message_id))
         # (c) unknown only where a kill or an unanswered request explains it
-        unknown = [d for d in self.deliveries if d.status == DeliveryStatus.UNKNOWN]
+        unknown = [d for d in self.deliveries if d.status == DeliveryStatus.UNCONFIRMED]
         out += _some("unknown, swept as stale, but in flight at no kill",
                      (str(d.id) for d in unknown
                       if d.error.startswith(SWEPT) and d.id not in self.in_flight_at_kills))
@@ -620,7 +620,7 @@ class ChaosReport:
                       if not d.error.startswith((SWEPT, NO_ANSWER))))
         # (d) nothing lost: everyone finished, nothing stuck or failed
         stuck = Counter(d.status for d in self.deliveries
-                        if d.status not in (DeliveryStatus.SENT, DeliveryStatus.UNKNOWN))
+                        if d.status not in (DeliveryStatus.SENT, DeliveryStatus.UNCONFIRMED))
         if stuck:
             out.append(f"deliveries neither sent nor unknown: {dict(stuck)}")
         out += _some("failed (id: error)", (f"{d.id}: {d.error[:120]}" for d in self.deliveries
@@ -633,7 +633,7 @@ class ChaosReport:
 
     def summary(self) -> str:
         states = Counter(d.status for d in self.deliveries)
-        unknown = [d for d in self.deliveries if d.status == DeliveryStatus.UNKNOWN]
+        unknown = [d for d in self.deliveries if d.status == DeliveryStatus.UNCONFIRMED]
         in_ledger = {e.delivery_id for e in self.ledger}
         swept = [d for d in unknown if d.error.startswith(SWEPT)]
         swept_out = sum(d.id in in_ledger for d in swept)

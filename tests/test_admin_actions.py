@@ -254,7 +254,7 @@ def test_resend_of_failed_and_unknown_lessons_and_what_is_refused(app, admin):
     with app.app_context():
         sub_id = add_subscriber("mixed@example.com", next_position=4, next_send_at=None).id
         failed = add_delivery(sub_id, 1, DeliveryStatus.FAILED, error="550 refused").id
-        unknown = add_delivery(sub_id, 2, DeliveryStatus.UNKNOWN).id
+        unknown = add_delivery(sub_id, 2, DeliveryStatus.UNCONFIRMED).id
         busy = add_delivery(sub_id, 3, DeliveryStatus.SENDING, claimed_at=utcnow()).id
     assert "queued again (it was failed)" in flashed(admin, post(admin, sub_id, "resend",
                                                                  position="1"))
@@ -269,7 +269,7 @@ def test_resend_of_failed_and_unknown_lessons_and_what_is_refused(app, admin):
     assert deliveries(app, sub_id) == [(failed, 1, "queued"), (unknown, 2, "queued"),
                                        (busy, 3, "sending")]
     assert [(a, d["position"], d["was"]) for a, _, d in audit(app, sub_id)] == [
-        ("resend", 1, "failed"), ("resend", 2, "unknown")]
+        ("resend", 1, "failed"), ("resend", 2, "unconfirmed")]
 
 
 def test_a_lesson_is_resent_only_to_an_active_subscriber(app, admin):
@@ -528,7 +528,7 @@ def test_the_lessons_table_offers_a_resend_that_fits_each_delivery(app, admin):
     with app.app_context():
         ann = add_subscriber("ann@example.com").id
         add_delivery(ann, 1, DeliveryStatus.FAILED, error="<b>bad</b>")
-        add_delivery(ann, 2, DeliveryStatus.UNKNOWN)
+        add_delivery(ann, 2, DeliveryStatus.UNCONFIRMED)
         add_delivery(ann, 3, DeliveryStatus.QUEUED)
         bob = add_subscriber("bob@example.com").id
         add_delivery(bob, 1, DeliveryStatus.SENDING, claimed_at=now - timedelta(minutes=12))

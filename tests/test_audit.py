@@ -94,7 +94,7 @@ def test_entries_for_lists_one_subscribers_entries_newest_first_in_words(app):
         other_id = add_subscriber("six@example.com").id
         for day, (action, detail) in enumerate([
             ("pause", {"cancelled": 0}),
-            ("resend", {"position": 2, "lesson": "two", "was": "unknown"}),
+            ("resend", {"position": 2, "lesson": "two", "was": "unconfirmed"}),
             ("export", {"deliveries": 2, "events": 5}),
         ], start=1):
             with time_machine.travel(datetime(2026, 3, day, 9, 0, tzinfo=UTC), tick=False):
@@ -107,7 +107,7 @@ def test_entries_for_lists_one_subscribers_entries_newest_first_in_words(app):
             (2, "resend", "Queued lesson 2 again (it was unknown)"),
             (1, "pause", "Paused lessons"),
         ]
-        assert lines[1].detail == {"position": 2, "lesson": "two", "was": "unknown"}
+        assert lines[1].detail == {"position": 2, "lesson": "two", "was": "unconfirmed"}
 
 
 @pytest.mark.parametrize(("action", "detail", "words"), [

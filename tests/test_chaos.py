@@ -57,8 +57,8 @@ def clean_report() -> ChaosReport:
     report = ChaosReport(subscribers=1, lessons=3, seed=0, backend="none", stale_seconds=10)
     report.deliveries = [
         DeliveryRow(1, 7, "a@example.com", 1, DeliveryStatus.SENT, "", "m1"),
-        DeliveryRow(2, 7, "a@example.com", 2, DeliveryStatus.UNKNOWN, SWEPT + " it", ""),
-        DeliveryRow(3, 7, "a@example.com", 3, DeliveryStatus.UNKNOWN, NO_ANSWER + " (x)", ""),
+        DeliveryRow(2, 7, "a@example.com", 2, DeliveryStatus.UNCONFIRMED, SWEPT + " it", ""),
+        DeliveryRow(3, 7, "a@example.com", 3, DeliveryStatus.UNCONFIRMED, NO_ANSWER + " (x)", ""),
     ]
     report.ledger = [entry(1), entry(3, subject="Day 3", message_id="m3")]
     report.in_flight_at_kills = {2}

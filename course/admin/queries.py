@@ -19,9 +19,9 @@ from ..timeutil import utcnow
 # (a send job is killed after 10 minutes); the same cut-off as ``sending.stuck_sending``.
 STUCK_AFTER = timedelta(minutes=10)
 # What the deliveries page lists, in this order: each needs a person to decide.
-ATTENTION = (DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN, DeliveryStatus.SENDING)
+ATTENTION = (DeliveryStatus.FAILED, DeliveryStatus.UNCONFIRMED, DeliveryStatus.SENDING)
 # Deliveries that may already be in the subscriber's inbox: resent only on confirmation.
-MAYBE_DELIVERED = (DeliveryStatus.UNKNOWN, DeliveryStatus.SENDING)
+MAYBE_DELIVERED = (DeliveryStatus.UNCONFIRMED, DeliveryStatus.SENDING)
 # Primary keys are 32-bit integers; larger ids in a URL or form are simply not found
 # (SQLite cannot even bind integers past 64 bits).
 MAX_ID = 2**31 - 1
@@ -248,7 +248,7 @@ def needs_attention(status: str = "") -> ColumnElement[bool]:
         return stuck
     if status in ATTENTION:
         return Delivery.status == status
-    return or_(Delivery.status.in_([DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN]), stuck)
+    return or_(Delivery.status.in_([DeliveryStatus.FAILED, DeliveryStatus.UNCONFIRMED]), stuck)
 
 
 def attention_query(status: str = "") -> Select[tuple[Delivery]]:

@@ -1,0 +1,265 @@
+"""Unconfirmed lessons: requests that were written but never answered, and settling them.
+
+A delivery is ``unconfirmed`` when its request reached the network and no answer came
+back (a reset, a close or a read timeout after the write; a worker killed or timed out
+while waiting for the answer). SendGrid may or may not have taken it, so it is never
+resent blindly (invariant 1) nor skipped (invariant 2): its subscriber waits at that
+lesson until it is settled, and the tick (``settle``) and the event webhook
+(``after_events``) settle it without a person in the normal case:
+
+- any event for the delivery (SendGrid's ``processed``, ``deferred``, ``delivered``,
+  ``bounce``, ``open``, ``click`` ..., or our own open, click or "done") proves it was
+  taken: ``sent``, and the subscriber moves on; ``dropped`` alone: ``failed``;
+- past ``UNCONFIRMED_WINDOW_SECONDS`` with no event for it while events have arrived for
+  a later request (the watermark: request ids only grow), it was not taken: the same row
+  is queued again, so it can still go out only once;
+- past the window with no such evidence (SMTP, the outbox, SendGrid without its Event
+  Webhook, or nothing sent since), ``UNCONFIRMED_WITHOUT_EVENTS`` decides: ``hold`` it
+  for a person (the Deliveries page: "it arrived" / "send it again"), or ``resend``.
+
+Also here: the stale-``sending`` sweep, which turns what a dead worker left ``sending``
+into ``unconfirmed`` only where the send journal (``course.send_requests``) shows its
+request was written, and queues the rest again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import BigInteger, cast, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from . import send_requests
+from .extensions import affected_rows, db, id_in
+from .models import AppState, Delivery, DeliveryStatus, Event, EventKind
+from .sending import advance, claimed_rows
+from .timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+WATERMARK_KEY = "provider_events_watermark"
+# Events that prove the provider took the message (or that it reached the reader).
+ARRIVED = (EventKind.PROCESSED, EventKind.DEFERRED, EventKind.DELIVERED, EventKind.BOUNCE,
+           EventKind.BLOCKED, EventKind.OPEN, EventKind.CLICK, EventKind.COMPLETE,
+           EventKind.SPAM_REPORT, EventKind.UNSUBSCRIBE, EventKind.GROUP_UNSUBSCRIBE)
+SWEPT = "the worker stopped while sending it"
+NOT_ACCEPTED = "not accepted: no event came for it while events came for later requests"
+
+
+@dataclass
+class Settled:
+    sent: int = 0
+    failed: int = 0
+    requeued: int = 0
+    held: int = 0  # past the window, waiting for a person
+
+
+# --- the stale-sending sweep --------------------------------------------------------------
+
+
+def sweep_stale_sending(now: datetime) -> int:
+    """Deliveries left ``sending`` by a worker that died mid-send: ``unconfirmed`` if their
+    request was written (it may have been accepted), else queued again. Returns how many
+    became unconfirmed.
+
+    Past ``SENDING_STALE_SECONDS`` (longer than a job may run) nobody is sending them any
+    more. The queued ones lose no attempt: nothing was sent.
+    """
+    cutoff = now - timedelta(seconds=current_app.config["SENDING_STALE_SECONDS"])
+    stale = db.session.execute(
+        select(Delivery.id, Delivery.claimed_at)
+        .where(Delivery.status == DeliveryStatus.SENDING, Delivery.claimed_at < cutoff)
+    ).all()
+    if not stale:
+        send_requests.prune(now)
+        db.session.commit()
+        return 0
+    since = min(claimed for _, claimed in stale)
+    written = send_requests.written_requests((i for i, _ in stale), since)
+    by_request: dict[int, list[int]] = {}
+    for delivery_id, request_id in written.items():
+        by_request.setdefault(request_id, []).append(delivery_id)
+    unconfirmed = 0
+    for request_id, ids in by_request.items():
+        unconfirmed += affected_rows(db.session.execute(
+            update(Delivery)
+            .where(id_in(Delivery.id, ids), Delivery.status == DeliveryStatus.SENDING)
+            .values(status=DeliveryStatus.UNCONFIRMED, request_id=request_id,
+                    error=f"{SWEPT} (killed or crashed) after its request was written: "
+                          "it may have been accepted")
+            .execution_options(synchronize_session=False)))
+    never_sent = [i for i, _ in stale if i not in written]
+    for start in range(0, len(never_sent), 1000):
+        db.session.execute(
+            update(Delivery)
+            .where(id_in(Delivery.id, never_sent[start:start + 1000]),
+                   Delivery.status == DeliveryStatus.SENDING)
+            .values(status=DeliveryStatus.QUEUED, enqueued_at=None,
+                    attempts=Delivery.attempts - 1,  # the claim counted one
+                    error=f"{SWEPT} before its request was written: queued again")
+            .execution_options(synchronize_session=False))
+    send_requests.prune(now)
+    db.session.commit()
+    log.warning("%d deliveries were left sending by a stopped worker: %d unconfirmed "
+                "(their request was written), %d queued again", len(stale), unconfirmed,
+                len(never_sent))
+    return unconfirmed
+
+
+# --- settling -----------------------------------------------------------------------------
+
+
+def settle(now: datetime, ids: Sequence[int] | None = None, *, commit: bool = True) -> Settled:
+    """Settle unconfirmed deliveries (``ids`` only, or all of them) from what is known.
+
+    With ``ids`` (the webhook, for the deliveries its batch named) only the events are
+    looked at; the whole sweep (the tick) also applies the window.
+    """
+    result = Settled()
+    _settle_by_events(now, ids, result)
+    if ids is None:
+        _settle_by_window(now, result)
+    if commit:
+        db.session.commit()
+    if result.sent or result.failed or result.requeued:
+        log.info("unconfirmed deliveries settled: %d sent, %d failed, %d queued again, "
+                 "%d held for a person", result.sent, result.failed, result.requeued,
+                 result.held)
+    return result
+
+
+def _settle_by_events(now: datetime, ids: Sequence[int] | None, result: Settled) -> None:
+    stmt = (select(Delivery.id, Event.kind, Event.occurred_at)
+            .join(Event, Event.delivery_id == Delivery.id)
+            .where(Delivery.status == DeliveryStatus.UNCONFIRMED,
+                   Event.kind.in_([*ARRIVED, EventKind.DROPPED])))
+    if ids is not None:
+        if not ids:
+            return
+        stmt = stmt.where(id_in(Delivery.id, list(ids)))
+    arrived: dict[int, datetime] = {}
+    dropped: set[int] = set()
+    for delivery_id, kind, occurred_at in db.session.execute(stmt):
+        if kind == EventKind.DROPPED:
+            dropped.add(delivery_id)
+        elif delivery_id not in arrived or occurred_at < arrived[delivery_id]:
+            arrived[delivery_id] = occurred_at
+    if arrived:
+        sent = mark_sent(arrived, now, "")
+        result.sent += len(sent)
+    dropped -= set(arrived)
+    if dropped:
+        result.failed += affected_rows(db.session.execute(
+            update(Delivery)
+            .where(id_in(Delivery.id, sorted(dropped)),
+                   Delivery.status == DeliveryStatus.UNCONFIRMED)
+            .values(status=DeliveryStatus.FAILED, error="dropped by the provider")
+            .execution_options(synchronize_session=False)))
+
+
+def mark_sent(when: Mapping[int, datetime], now: datetime, note: str) -> list[int]:
+    """Unconfirmed deliveries ``when`` names become ``sent`` (at the time given for each)
+    and their subscribers move on. Returns those that changed."""
+    changed: list[int] = []
+    by_time: dict[datetime, list[int]] = {}
+    for delivery_id, at in when.items():
+        by_time.setdefault(at, []).append(delivery_id)
+    for at, ids in by_time.items():
+        changed += db.session.scalars(
+            update(Delivery)
+            .where(id_in(Delivery.id, ids), Delivery.status == DeliveryStatus.UNCONFIRMED)
+            .values(status=DeliveryStatus.SENT, sent_at=at, error=note)
+            .returning(Delivery.id)
+            .execution_options(synchronize_session=False)).all()
+    if changed:
+        advance(claimed_rows(sorted(changed)), now)
+    return changed
+
+
+def _settle_by_window(now: datetime, result: Settled) -> None:
+    window = timedelta(seconds=current_app.config["UNCONFIRMED_WINDOW_SECONDS"])
+    old = db.session.execute(
+        select(Delivery.id, Delivery.request_id)
+        .where(Delivery.status == DeliveryStatus.UNCONFIRMED, Delivery.claimed_at < now - window)
+    ).all()
+    if not old:
+        return
+    mark = watermark()
+    passed = [i for i, request_id in old
+              if mark is not None and request_id is not None and request_id < mark]
+    rest = [i for i, request_id in old if i not in set(passed)]
+    result.requeued += requeue(passed, NOT_ACCEPTED)
+    if current_app.config["UNCONFIRMED_WITHOUT_EVENTS"] == "resend":
+        result.requeued += requeue(rest, "no event came for it within the window: sent "
+                                         "again (UNCONFIRMED_WITHOUT_EVENTS=resend)")
+    else:
+        result.held += len(rest)
+
+
+def requeue(ids: Sequence[int], why: str) -> int:
+    """Queue unconfirmed deliveries again, the same rows: they still go out only once."""
+    count = 0
+    for start in range(0, len(ids), 1000):
+        count += affected_rows(db.session.execute(
+            update(Delivery)
+            .where(id_in(Delivery.id, list(ids[start:start + 1000])),
+                   Delivery.status == DeliveryStatus.UNCONFIRMED)
+            .values(status=DeliveryStatus.QUEUED, enqueued_at=None, error=why)
+            .execution_options(synchronize_session=False)))
+    return count
+
+
+def held(now: datetime) -> tuple[int, int]:
+    """(unconfirmed lessons, of which past the window): each holds its subscriber."""
+    window = timedelta(seconds=current_app.config["UNCONFIRMED_WINDOW_SECONDS"])
+    total, late = db.session.execute(
+        select(func.count(), func.count().filter(Delivery.claimed_at < now - window))
+        .where(Delivery.status == DeliveryStatus.UNCONFIRMED)).one()
+    return int(total or 0), int(late or 0)
+
+
+# --- the watermark ------------------------------------------------------------------------
+
+
+def watermark() -> int | None:
+    """The latest request id an event from the provider has come back for."""
+    row = db.session.get(AppState, WATERMARK_KEY)
+    try:
+        return int(row.value) if row is not None else None
+    except ValueError:
+        return None
+
+
+def raise_watermark(request_id: int) -> None:
+    """Move the watermark up to ``request_id`` (never down, whatever the races)."""
+    changed = affected_rows(db.session.execute(
+        update(AppState)
+        .where(AppState.key == WATERMARK_KEY, cast(AppState.value, BigInteger) < request_id)
+        .values(value=str(request_id), updated_at=utcnow())
+        .execution_options(synchronize_session=False)))
+    if not changed and db.session.get(AppState, WATERMARK_KEY) is None:
+        insert = pg_insert if db.engine.dialect.name == "postgresql" else sqlite_insert
+        db.session.execute(insert(AppState).values(
+            key=WATERMARK_KEY, value=str(request_id), updated_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["key"]))
+
+
+def after_events(deliveries: Iterable[Any], now: datetime) -> None:
+    """The webhook's part: raise the watermark to the newest request the batch's events
+    name, and settle the batch's unconfirmed deliveries now (in the webhook's
+    transaction; it commits). ``deliveries`` are rows with ``id``, ``status`` and
+    ``request_id``."""
+    rows = list(deliveries)
+    newest = max((r.request_id for r in rows if r.request_id is not None), default=None)
+    if newest is not None:
+        raise_watermark(newest)
+    waiting = [r.id for r in rows if r.status == DeliveryStatus.UNCONFIRMED]
+    if waiting:
+        db.session.flush()
+        settle(now, waiting, commit=False)
