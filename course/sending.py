@@ -28,6 +28,7 @@ from operator import attrgetter
 from typing import Any
 
 from flask import current_app
+from rq.timeouts import JobTimeoutException
 from sqlalchemy import and_, bindparam, select, text, update
 
 from . import send_requests, sendstate, tokens, webhooks_out
@@ -300,6 +301,8 @@ def _send_claimed(rows: list[Claimed], now: datetime,
                     outcome.request_of[row.id] = journal.request_id
             else:
                 outcome.requeue[row.id] = f"not sent: {type(exc).__name__}: {exc}"
+                if not isinstance(exc, Exception) or isinstance(exc, JobTimeoutException):
+                    outcome.requeue_keep_attempt.add(row.id)  # not the message's fault
         _apply(course, rows, outcome, now)
         raise
     finally:
