@@ -554,21 +554,29 @@ def _claimed_rows(ids: Sequence[int]) -> list[Claimed]:
 
 def resend(ids: Sequence[int],
            before_commit: Callable[[list[tuple[int, int, int]]], None] | None = None) -> int:
-    """Put failed, unknown or stuck deliveries back in the queue (an admin's decision).
+    """Put failed, unconfirmed or stuck deliveries back in the queue (an admin's decision).
 
-    ``before_commit`` is given the (delivery id, subscriber id, position) of each delivery
-    actually requeued, inside the same transaction, so what it adds (the audit log) is
-    committed with the requeue and names exactly the deliveries that changed.
+    Only for subscribers who still take mail (not unsubscribed, bounced or complained),
+    finished or not: the send path sends a queued lesson to anyone else, so nothing
+    requeued here is cancelled later. ``before_commit`` is given the (delivery id,
+    subscriber id, position) of each delivery actually requeued, inside the same
+    transaction, so what it adds (the audit log) is committed with the requeue and names
+    exactly the deliveries that changed.
     """
-    requeued = [(i, s, p) for i, s, p in db.session.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(list(ids)),
-               Delivery.status.in_([DeliveryStatus.FAILED, DeliveryStatus.UNCONFIRMED,
-                                    DeliveryStatus.SENDING]))
-        .values(status=DeliveryStatus.QUEUED, attempts=0, error="", enqueued_at=None)
-        .returning(Delivery.id, Delivery.subscriber_id, Delivery.position)
-        .execution_options(synchronize_session=False)
-    )]
+    takes_mail = ~select(Subscriber.id).where(
+        Subscriber.id == Delivery.subscriber_id, Subscriber.status.in_(NO_MAIL)).exists()
+    requeued: list[tuple[int, int, int]] = []
+    wanted = sorted(set(ids))
+    for start in range(0, len(wanted), 1000):
+        requeued += [(i, s, p) for i, s, p in db.session.execute(
+            update(Delivery)
+            .where(id_in(Delivery.id, wanted[start:start + 1000]),
+                   Delivery.status.in_([DeliveryStatus.FAILED, DeliveryStatus.UNCONFIRMED,
+                                        DeliveryStatus.SENDING]), takes_mail)
+            .values(status=DeliveryStatus.QUEUED, attempts=0, error="", enqueued_at=None)
+            .returning(Delivery.id, Delivery.subscriber_id, Delivery.position)
+            .execution_options(synchronize_session=False)
+        )]
     if before_commit is not None and requeued:
         before_commit(requeued)
     db.session.commit()

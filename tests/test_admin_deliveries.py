@@ -169,7 +169,7 @@ def test_nav_and_totals_link_to_the_deliveries_needing_attention(admin, problems
     assert re.search(r'href="/admin/deliveries"[^>]*>Deliveries\s*<span class="count"[^>]*>3<',
                      html)
     assert 'href="/admin/deliveries?status=failed">failed deliveries</a>' in html
-    assert 'href="/admin/deliveries?status=unknown">unknown deliveries</a>' in html
+    assert 'href="/admin/deliveries?status=unconfirmed">unconfirmed deliveries</a>' in html
 
 
 def test_nav_shows_no_count_when_nothing_needs_attention(admin):
@@ -352,7 +352,7 @@ def test_a_resend_for_an_unsubscribed_subscriber_is_flagged(app, admin):
         sub = add_subscriber("gone@example.com", status=Status.UNSUBSCRIBED).id
         add_delivery(sub, 1, DeliveryStatus.FAILED, error="400")
     html = admin.get("/admin/deliveries").get_data(as_text=True)
-    assert "now unsubscribed: a resend will be cancelled" in html
+    assert "now unsubscribed: it cannot be resent" in html
 
 
 # --- sending paused ---------------------------------------------------------------------

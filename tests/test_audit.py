@@ -104,7 +104,7 @@ def test_entries_for_lists_one_subscribers_entries_newest_first_in_words(app):
         lines = audit.entries_for(sub_id)
         assert [(line.created_at.day, line.action, line.words) for line in lines] == [
             (3, "export", "Exported their data (2 deliveries, 5 events)"),
-            (2, "resend", "Queued lesson 2 again (it was unknown)"),
+            (2, "resend", "Queued lesson 2 again (it was unconfirmed)"),
             (1, "pause", "Paused lessons"),
         ]
         assert lines[1].detail == {"position": 2, "lesson": "two", "was": "unconfirmed"}

@@ -241,7 +241,7 @@ def status_counts() -> dict[str, int]:
 
 
 def needs_attention(status: str = "") -> ColumnElement[bool]:
-    """Failed, unknown, or stuck sending (all of them, or those in ``status`` only)."""
+    """Failed, unconfirmed, or stuck sending (all of them, or those in ``status`` only)."""
     stuck = and_(Delivery.status == DeliveryStatus.SENDING,
                  Delivery.claimed_at < utcnow() - STUCK_AFTER)
     if status == DeliveryStatus.SENDING:
@@ -278,8 +278,8 @@ def attention_counts() -> dict[str, int]:
 def resendable(ids: Iterable[int]) -> dict[int, str]:
     """Of ``ids``, the deliveries an admin may resend now, with their status.
 
-    Only failed, unknown and *stuck* sending ones: a delivery a worker is sending right
-    now must not be requeued, or it could go out twice.
+    Only failed, unconfirmed and *stuck* sending ones: a delivery a worker is sending
+    right now must not be requeued, or it could go out twice.
     """
     wanted = sorted({i for i in ids if 0 < i <= MAX_ID})
     if not wanted:
