@@ -12,10 +12,10 @@ Every accepted request adds one :class:`LedgerEntry` per recipient, so a test ca
 what the provider really took, including when the client never heard back
 (:meth:`SendGridServer.delay_next`, :meth:`SendGridServer.drop_next`: a connection
 dropped before the body is read, after it is read, or after the request was accepted).
-Each accepted recipient also yields SendGrid Event Webhook events (``processed``, then
-``delivered``) carrying its ``custom_args``: :meth:`SendGridServer.take_events` hands
-them over, and ``tests/sendgrid_webhook.py`` posts them signed, late, in batches and
-some twice, as SendGrid does. Entries keep the
+With ``events=True`` each accepted recipient also yields SendGrid Event Webhook events
+(``processed``, then ``delivered``) carrying its ``custom_args``:
+:meth:`SendGridServer.take_events` hands them over, and ``tests/sendgrid_webhook.py``
+posts them signed, late, in batches and some twice, as SendGrid does. Entries keep the
 request's content and the recipient's substitutions and fill them in only when read,
 which keeps the server cheap under a benchmark. ``python -m tests.sendgrid_server``
 runs one in the foreground; ``GET /_stats`` then reports the ledger's counts.
@@ -95,9 +95,10 @@ class SendGridServer:
 
     def __init__(self, *, api_key: str | None = None, forbidden_keys: tuple[str, ...] = (),
                  latency: float = 0.0, rate_limit: int = 10_000, rate_window: float = 1.0,
-                 record_bodies: bool = False, port: int = 0):
+                 record_bodies: bool = False, events: bool = False, port: int = 0):
         self.api_key, self.forbidden_keys = api_key, set(forbidden_keys)
         self.latency, self.record_bodies = latency, record_bodies
+        self.keep_events = events  # gather Event Webhook events for take_events
         self.rate_limit, self.rate_window = rate_limit, rate_window
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -264,7 +265,8 @@ class SendGridServer:
             if entries:
                 self._ledger.extend(entries)
                 self._counts.update(e.email.lower() for e in entries)
-                self._events.extend(_events_for(entries))
+                if self.keep_events:
+                    self._events.extend(_events_for(entries))
 
     def _entries(self, body: dict[str, Any], message_id: str) -> list[LedgerEntry]:
         now = time.time()

@@ -34,7 +34,7 @@ WINDOW = 60
 
 @pytest.fixture
 def sg() -> Iterator[SendGridServer]:
-    with SendGridServer(api_key=KEY) as server:
+    with SendGridServer(api_key=KEY, events=True) as server:
         yield server
 
 
