@@ -232,10 +232,11 @@ def _send_slices(ids: list[int], now: datetime | None) -> int:
     backoff_ended = False
     for start in range(0, len(ids), sendstate.MAX_PER_REQUEST):
         at = now or utcnow()
-        if sendstate.paused() or sendstate.backing_off(at):
+        backoff = None if backoff_ended else sendstate.backoff()
+        if sendstate.paused() or (backoff and sendstate.backing_off(at, backoff)):
             _release(ids[start:])
             break
-        backoff_ended = backoff_ended or sendstate.backoff() is None
+        backoff_ended = backoff_ended or backoff is None
         rows = _claim_rows(ids[start : start + sendstate.MAX_PER_REQUEST], at)
         if not rows:
             continue

@@ -106,9 +106,9 @@ def backoff() -> dict[str, Any] | None:
     return _load(db.session.get(AppState, BACKOFF_KEY))
 
 
-def backing_off(now: datetime) -> dict[str, Any] | None:
-    """The backoff if it still holds at ``now``."""
-    data = backoff()
+def backing_off(now: datetime, data: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The backoff (``data``, or the stored one) if it still holds at ``now``."""
+    data = backoff() if data is None else data
     if data is None:
         return None
     try:
