@@ -118,3 +118,15 @@ def test_unconfirmed_lessons_do_not_let_a_later_one_be_scheduled(app, admin):
         result = pipeline.tick()
         assert result.created == 0
         assert db.session.get(Subscriber, sub_id).next_position == 1
+
+
+def test_what_happens_after_the_window_is_hold_or_resend_and_nothing_else(tmp_path):
+    import pytest
+
+    from course.config import ConfigError, load
+
+    assert load({}, tmp_path)["UNCONFIRMED_WITHOUT_EVENTS"] == "hold"
+    assert load({"UNCONFIRMED_WITHOUT_EVENTS": "Resend"}, tmp_path)[
+        "UNCONFIRMED_WITHOUT_EVENTS"] == "resend"
+    with pytest.raises(ConfigError, match="use hold or resend"):
+        load({"UNCONFIRMED_WITHOUT_EVENTS": "drop"}, tmp_path)
