@@ -19,6 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 MAIL_BACKENDS = ("outbox", "sendgrid", "smtp", "memory")
 
 
+# RQ kills a work horse still running 60 s past its job's timeout, checking every 30 s.
+RQ_KILL_GRACE = 90
+
+
 class ConfigError(RuntimeError):
     """A setting is missing or wrong; the message is one line telling what to set."""
 
@@ -137,6 +141,9 @@ def load(env: Mapping[str, str], instance_path: Path) -> dict[str, Any]:
         # still "sending" was left by a worker that died: "unconfirmed" if its request
         # was written, queued again if not.
         "SENDING_STALE_SECONDS": _int(env, "SENDING_STALE_SECONDS", 900),
+        # How long a send job may run before RQ stops it (its work horse is killed about
+        # a minute later if it does not stop): SENDING_STALE_SECONDS must be longer.
+        "SEND_JOB_TIMEOUT": _int(env, "SEND_JOB_TIMEOUT", 600),
         # A pixel hit this soon after sending is a proxy or scanner prefetching, not a reader.
         "MACHINE_OPEN_SECONDS": _float(env, "MACHINE_OPEN_SECONDS", 10.0),
         # Answer valid pixel and click GETs in front of Flask (course/tracking_fast.py).
@@ -234,6 +241,12 @@ def check_production(cfg: Mapping[str, Any]) -> None:
         )
     if cfg["MAIL_BACKEND"] == "sendgrid" and not cfg["SENDGRID_API_KEY"]:
         raise ConfigError("MAIL_BACKEND=sendgrid but SENDGRID_API_KEY is not set")
+    if cfg["SENDING_STALE_SECONDS"] <= cfg["SEND_JOB_TIMEOUT"] + RQ_KILL_GRACE:
+        # (Tests shorten both and rely on RQ stopping the job at its timeout.)
+        raise ConfigError(
+            f"SENDING_STALE_SECONDS={cfg['SENDING_STALE_SECONDS']} must be longer than "
+            f"SEND_JOB_TIMEOUT={cfg['SEND_JOB_TIMEOUT']} plus {RQ_KILL_GRACE} s: a send "
+            "still running could otherwise be taken for a dead one and sent twice")
     if cfg["MAIL_BACKEND"] == "smtp" and not cfg["SMTP_HOST"]:
         raise ConfigError("MAIL_BACKEND=smtp but SMTP_HOST is not set")
     if cfg["MAIL_BACKEND"] == "memory":

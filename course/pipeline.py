@@ -70,7 +70,8 @@ def _is_postgres() -> bool:
 
 
 def enqueue_send(ids: list[int]) -> None:
-    queue.enqueue("workers.tasks.send_deliveries", ids)
+    queue.enqueue("workers.tasks.send_deliveries", ids,
+                  job_timeout=current_app.config["SEND_JOB_TIMEOUT"])
 
 
 def tick(now: datetime | None = None, *, enqueue: Enqueuer | None = None,

@@ -68,8 +68,11 @@ def sweep_stale_sending(now: datetime) -> int:
     request was written (it may have been accepted), else queued again. Returns how many
     became unconfirmed.
 
-    Past ``SENDING_STALE_SECONDS`` (longer than a job may run) nobody is sending them any
-    more. The queued ones lose no attempt: nothing was sent.
+    Past ``SENDING_STALE_SECONDS`` nobody is sending them any more: it is longer than a
+    send job may live (``SEND_JOB_TIMEOUT``, after which RQ stops the job, and at worst
+    kills its work horse a minute or so later; ``course.config`` refuses a shorter one),
+    so no live worker can still send what is queued again here. The queued ones lose no
+    attempt: nothing was sent.
     """
     cutoff = now - timedelta(seconds=current_app.config["SENDING_STALE_SECONDS"])
     stale = db.session.execute(
@@ -89,7 +92,10 @@ def sweep_stale_sending(now: datetime) -> int:
     for request_id, ids in by_request.items():
         unconfirmed += affected_rows(db.session.execute(
             update(Delivery)
-            .where(id_in(Delivery.id, ids), Delivery.status == DeliveryStatus.SENDING)
+            # Still stale: a sweep running alongside may have queued it again meanwhile,
+            # and a worker claimed it afresh.
+            .where(id_in(Delivery.id, ids), Delivery.status == DeliveryStatus.SENDING,
+                   Delivery.claimed_at < cutoff)
             .values(status=DeliveryStatus.UNCONFIRMED, request_id=request_id,
                     error=f"{SWEPT} (killed or crashed) after its request was written: "
                           "it may have been accepted")
@@ -99,7 +105,7 @@ def sweep_stale_sending(now: datetime) -> int:
         db.session.execute(
             update(Delivery)
             .where(id_in(Delivery.id, never_sent[start:start + 1000]),
-                   Delivery.status == DeliveryStatus.SENDING)
+                   Delivery.status == DeliveryStatus.SENDING, Delivery.claimed_at < cutoff)
             .values(status=DeliveryStatus.QUEUED, enqueued_at=None,
                     attempts=Delivery.attempts - 1,  # the claim counted one
                     error=f"{SWEPT} before its request was written: queued again")

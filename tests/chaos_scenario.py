@@ -77,7 +77,7 @@ class ChaosSettings:
     # every waiting delivery again (540 jobs for 200 batches: claims made the copies no-ops,
     # but each cost a work horse, and the run took twice as long).
     requeue_after: int = 4
-    job_margin: float = 4.0  # claim, render and write-back on a busy 2-core machine
+    job_margin: float = 8.0  # claim, render and write-back on a busy 2-core machine
     # Kills and the flush come at random points of progress (the fraction of all lessons
     # settled), so a fast machine sees as many as a slow one.
     kills: int = 5
@@ -113,6 +113,8 @@ class ChaosSettings:
             "SENDGRID_MAX_RETRIES": self.sendgrid_max_retries,
             "REQUEUE_AFTER_SECONDS": self.requeue_after,
             "SENDING_STALE_SECONDS": self.stale_seconds,
+            # RQ stops a job this long before it could be taken for a dead one.
+            "SEND_JOB_TIMEOUT": max(1, self.stale_seconds - 4),
             "UNCONFIRMED_WINDOW_SECONDS": self.unconfirmed_window,
             "SEND_BACKOFF_SECONDS": 0.2, "SEND_BACKOFF_MAX_SECONDS": 2.0,
             "SENDGRID_WEBHOOK_PUBLIC_KEY": self.webhook_public_key,

@@ -130,3 +130,18 @@ def test_what_happens_after_the_window_is_hold_or_resend_and_nothing_else(tmp_pa
         "UNCONFIRMED_WITHOUT_EVENTS"] == "resend"
     with pytest.raises(ConfigError, match="use hold or resend"):
         load({"UNCONFIRMED_WITHOUT_EVENTS": "drop"}, tmp_path)
+
+
+def test_production_refuses_a_stale_window_a_live_send_job_could_outlast(tmp_path):
+    import pytest
+
+    from course.config import ConfigError, load
+
+    env = {"MINICOURSE_ENV": "production", "SECRET_KEY": "x" * 40,
+           "BASE_URL": "https://course.example.org", "MAIL_FROM": "course@example.org",
+           "MAIL_BACKEND": "smtp", "SMTP_HOST": "smtp.example.org"}
+    assert load(env, tmp_path)["SEND_JOB_TIMEOUT"] == 600
+    with pytest.raises(ConfigError, match="sent twice"):
+        load({**env, "SENDING_STALE_SECONDS": "650"}, tmp_path)
+    assert load({**env, "SENDING_STALE_SECONDS": "650", "SEND_JOB_TIMEOUT": "300"},
+                tmp_path)["SENDING_STALE_SECONDS"] == 650
