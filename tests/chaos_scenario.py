@@ -157,7 +157,6 @@ class ChaosServer(SendGridServer):
         self._current.ids = ids
         if action is not None and (action.delay or action.drop):
             self.note_unanswered(ids)
-        self._current.action = None  # a later drop before the body is noted apart
         return super()._entries(body, message_id)
 
     def note_unanswered(self, ids: set[int], late: bool = False) -> None:
