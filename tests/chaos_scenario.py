@@ -253,7 +253,11 @@ class ServerProcess:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(timeout=10)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def serve(argv: list[str] | None = None) -> None:
@@ -268,7 +272,7 @@ def serve(argv: list[str] | None = None) -> None:
     print(server.url, flush=True)
     stop.wait()
     if server.poster is not None:
-        server.poster.stop(flush=False)
+        server.poster.stop(flush=False, wait=2.0)
     server.stop()
 
 
@@ -670,7 +674,9 @@ class ChaosReport:
         ids: dict[tuple[str, str], set[int]] = {}
         for e in self.ledger:
             ids.setdefault((e.email.lower(), e.subject), set()).add(e.delivery_id)
-        return [f"{k[0]} / {k[1]!r}: {n} times (deliveries {sorted(ids[k])})"
+        errors = {d.id: f"{d.status}, {d.error[:80]!r}" for d in self.deliveries}
+        return [f"{k[0]} / {k[1]!r}: {n} times (deliveries "
+                f"{[(i, errors.get(i, '?')) for i in sorted(ids[k])]})"
                 for k, n in per_lesson.items() if n > 1]
 
     def lost(self) -> list[str]:

@@ -68,9 +68,9 @@ class EventPoster:
         self._thread.start()
         return self
 
-    def stop(self, flush: bool = True) -> None:
+    def stop(self, flush: bool = True, wait: float = 30.0) -> None:
         self._stop.set()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=wait)
         if flush:
             self._gather(time.monotonic())
             self._post_due(float("inf"))
@@ -110,7 +110,7 @@ class EventPoster:
         request = urllib.request.Request(self.url, data=body, method="POST",
                                          headers=signed_headers(self.private_pem, body))
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:
+            with urllib.request.urlopen(request, timeout=30) as response:
                 ok = 200 <= response.status < 300
         except (urllib.error.URLError, OSError):
             return False
