@@ -10,9 +10,9 @@ lesson until it is settled, and the tick (``settle``) and the event webhook
 - any event for the delivery (SendGrid's ``processed``, ``deferred``, ``delivered``,
   ``bounce``, ``open``, ``click`` ..., or our own open, click or "done") proves it was
   taken: ``sent``, and the subscriber moves on; ``dropped`` alone: ``failed``;
-- past ``UNCONFIRMED_WINDOW_SECONDS`` with no event for it while events have arrived for
-  a later request (the watermark: request ids only grow), it was not taken: the same row
-  is queued again, so it can still go out only once;
+- with no event for it while events for later requests (request ids only grow) have
+  been coming for ``UNCONFIRMED_WINDOW_SECONDS`` (the watermark, below), it was not
+  taken: the same row is queued again, so it can still go out only once;
 - past the window with no such evidence (SMTP, the outbox, SendGrid without its Event
   Webhook, or nothing sent since), ``UNCONFIRMED_WITHOUT_EVENTS`` decides: ``hold`` it
   for a person (the Deliveries page: "it arrived" / "send it again"), or ``resend``.
@@ -24,6 +24,7 @@ request was written, and queues the rest again.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import BigInteger, cast, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -196,9 +197,9 @@ def _settle_by_window(now: datetime, result: Settled) -> None:
     ).all()
     if not old:
         return
-    mark = watermark()
-    passed = [i for i, request_id in old
-              if mark is not None and request_id is not None and request_id < mark]
+    marks, cutoff = watermark(), (now - window).timestamp()
+    passed = [i for i, request_id in old if request_id is not None
+              and (at := passed_at(marks, request_id)) is not None and at <= cutoff]
     rest = [i for i, request_id in old if i not in set(passed)]
     result.requeued += requeue(passed, NOT_ACCEPTED)
     if current_app.config["UNCONFIRMED_WITHOUT_EVENTS"] == "resend":
@@ -231,29 +232,57 @@ def held(now: datetime) -> tuple[int, int]:
 
 
 # --- the watermark ------------------------------------------------------------------------
+#
+# Events arrive in the order SendGrid took the requests, which is not quite the order of
+# their ids (a request started later can be taken a moment earlier), and they may lag a
+# long way behind. So the watermark keeps *when* it passed each request: a checkpoint
+# (request id, time) each time it rises, at most every ``window / 20``. A lesson is
+# known untaken only once the watermark passed its request a whole window ago: had
+# SendGrid taken it, its events would have come along with those of its neighbours.
+
+MAX_CHECKPOINTS = 1000
 
 
-def watermark() -> int | None:
-    """The latest request id an event from the provider has come back for."""
+def watermark() -> list[tuple[int, float]]:
+    """The checkpoints: (request id, epoch seconds when events first came past it)."""
     row = db.session.get(AppState, WATERMARK_KEY)
+    if row is None:
+        return []
     try:
-        return int(row.value) if row is not None else None
-    except ValueError:
-        return None
+        marks = [(int(i), float(t)) for i, t in json.loads(row.value)]
+    except (ValueError, TypeError):
+        return []
+    return marks
 
 
-def raise_watermark(request_id: int) -> None:
-    """Move the watermark up to ``request_id`` (never down, whatever the races)."""
-    changed = affected_rows(db.session.execute(
-        update(AppState)
-        .where(AppState.key == WATERMARK_KEY, cast(AppState.value, BigInteger) < request_id)
-        .values(value=str(request_id), updated_at=utcnow())
-        .execution_options(synchronize_session=False)))
-    if not changed and db.session.get(AppState, WATERMARK_KEY) is None:
+def passed_at(marks: list[tuple[int, float]], request_id: int) -> float | None:
+    """When events first came for a request later than ``request_id``, if they have."""
+    for mark, at in marks:
+        if mark > request_id:
+            return at
+    return None
+
+
+def raise_watermark(request_id: int, now: datetime) -> None:
+    """Record that events came for ``request_id`` at ``now`` (if it is a new high)."""
+    stmt = select(AppState).where(AppState.key == WATERMARK_KEY)
+    row = db.session.scalars(stmt.with_for_update()).first()
+    marks = watermark() if row is not None else []
+    if marks and marks[-1][0] >= request_id:
+        return
+    step = current_app.config["UNCONFIRMED_WINDOW_SECONDS"] / 20
+    stamp = now.timestamp()
+    if marks and stamp - marks[-1][1] < step:
+        return  # recorded at the next checkpoint: later is only ever safer
+    marks = (marks + [(request_id, stamp)])[-MAX_CHECKPOINTS:]
+    value = json.dumps(marks)
+    if row is None:
         insert = pg_insert if db.engine.dialect.name == "postgresql" else sqlite_insert
-        db.session.execute(insert(AppState).values(
-            key=WATERMARK_KEY, value=str(request_id), updated_at=utcnow())
-            .on_conflict_do_nothing(index_elements=["key"]))
+        db.session.execute(insert(AppState).values(key=WATERMARK_KEY, value=value,
+                                                   updated_at=utcnow())
+                           .on_conflict_do_nothing(index_elements=["key"]))
+    else:
+        row.value = value
 
 
 def after_events(deliveries: Iterable[Any], now: datetime) -> None:
@@ -264,7 +293,7 @@ def after_events(deliveries: Iterable[Any], now: datetime) -> None:
     rows = list(deliveries)
     newest = max((r.request_id for r in rows if r.request_id is not None), default=None)
     if newest is not None:
-        raise_watermark(newest)
+        raise_watermark(newest, now)
     waiting = [r.id for r in rows if r.status == DeliveryStatus.UNCONFIRMED]
     if waiting:
         db.session.flush()
