@@ -145,3 +145,22 @@ def test_production_refuses_a_stale_window_a_live_send_job_could_outlast(tmp_pat
         load({**env, "SENDING_STALE_SECONDS": "650"}, tmp_path)
     assert load({**env, "SENDING_STALE_SECONDS": "650", "SEND_JOB_TIMEOUT": "300"},
                 tmp_path)["SENDING_STALE_SECONDS"] == 650
+
+
+def test_the_watermark_waits_a_whole_window_after_events_passed_the_request(app):
+    from course import unconfirmed
+
+    with app.app_context():
+        _, lagging = held_subscriber("lagging@example.com", claimed_minutes_ago=120)
+        db.session.get(Delivery, lagging).request_id = 5
+        db.session.commit()
+        now = utcnow()
+        assert unconfirmed.settle(now).requeued == 0  # no events at all: held
+        # Events for a later request came ten minutes ago; the window is thirty.
+        unconfirmed.raise_watermark(9, now - timedelta(minutes=10))
+        unconfirmed.raise_watermark(7, now)  # never lowers it
+        db.session.commit()
+        assert unconfirmed.watermark()[-1][0] == 9
+        assert unconfirmed.settle(now).requeued == 0
+        assert unconfirmed.settle(now + timedelta(minutes=21)).requeued == 1
+        assert db.session.get(Delivery, lagging).status == DeliveryStatus.QUEUED
