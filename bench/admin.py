@@ -180,7 +180,7 @@ def seed_all(engine: sa.Engine, count: int, slugs: list[str], cadence: int) -> d
         ) AS s
     """
     # One delivery per lesson already sent; about 60% opened, a quarter clicked, a third
-    # done, a few failed or left "unknown", and the lesson in flight for some active ones.
+    # done, a few failed or left "unconfirmed", and the lesson in flight for some active ones.
     # Events are our own hits ("hit:" ids), as the pixel and the redirect store them.
     deliveries = """
         INSERT INTO delivery (subscriber_id, lesson_slug, position, content_hash, status,
@@ -203,7 +203,7 @@ def seed_all(engine: sa.Engine, count: int, slugs: list[str], cadence: int) -> d
             SELECT s.id, p, ((s.id * 7 + p * 13) % 100) AS k,
                    CASE WHEN p = s.next_position THEN 'queued'
                         WHEN (s.id + p) % 2003 = 0 THEN 'failed'
-                        WHEN (s.id + p) % 4001 = 0 THEN 'unknown'
+                        WHEN (s.id + p) % 4001 = 0 THEN 'unconfirmed'
                         ELSE 'sent' END AS ds,
                    s.created_at + make_interval(days => (p - 1) * :cadence, hours => 1) AS at
             FROM subscriber s

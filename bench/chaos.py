@@ -2,10 +2,14 @@
 
 The same scenario as ``tests/test_chaos.py`` (see ``tests/chaos_scenario.py``): the whole
 course through real worker processes killed at random, Redis flushed mid-run, duplicate
-ticks and a SendGrid stand-in answering 429, 5xx and late. It runs on PostgreSQL, in a
-database it creates and drops, with Redis at ``TEST_REDIS_URL`` (flushed: give it a
-database of its own). Prints the machine, the summary and every broken promise; exits 1
-if there was any.
+ticks and a SendGrid stand-in answering 429, 5xx and late, dropping connections before
+and after reading the body and after accepting it, fully down for two minutes and
+answering one 429 with ``Retry-After: 120``, and posting its Event Webhook events to the
+app (signed, late, batched, some twice). It runs on PostgreSQL, in a database it creates
+and drops, with Redis at ``TEST_REDIS_URL`` (flushed: give it a database of its own).
+Prints the machine, the summary, every broken promise, how long settling took after the
+last fault, and last the three counts taken from the server's ledger and the database:
+``duplicates``, ``lost`` and ``unresolved``. Exits 1 if any promise was broken.
 """
 
 from __future__ import annotations
@@ -48,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="deliveries per send job (the tick batches up to 1,000)")
     parser.add_argument("--kills", type=int, default=8, help="workers killed during the run")
     parser.add_argument("--deadline", type=float, default=1800.0, help="seconds")
+    parser.add_argument("--outage", type=float, default=120.0,
+                        help="seconds the provider answers 503 to everything")
+    parser.add_argument("--retry-after", type=int, default=120,
+                        help="the Retry-After of one 429, in seconds")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--redis-url", default=REDIS_URL)
     parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL)
@@ -74,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             db.engine.dispose()
         settings = ChaosSettings(subscribers=args.subscribers, workers=args.workers,
                                  job_size=args.job_size, kills=args.kills,
-                                 deadline=args.deadline, seed=args.seed)
+                                 deadline=args.deadline, seed=args.seed,
+                                 outage_seconds=args.outage, retry_after=args.retry_after,
+                                 unconfirmed_window=10)
         log(f"{args.subscribers} subscribers, {args.workers} workers, database {name}, "
             f"Redis {args.redis_url}, logs in {tmp}")
         report = run_chaos(make_app, settings, tmp, say=log)
@@ -90,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"PROBLEM: {problem}")
     if problems and report.worker_logs:
         print(report.worker_logs)
+    settle = report.settle_seconds
+    print("settled after the last fault: "
+          + (f"{settle:.1f} s" if settle is not None else "never"))
+    print(f"subscribers finished: {report.subscriber_states.get('finished', 0)} of "
+          f"{report.subscribers}")
+    print(report.counts())
     return 1 if problems else 0
 
 

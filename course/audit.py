@@ -25,6 +25,7 @@ ACTIONS = {
     "resume": "Resumed lessons",
     "send_next": "Sent the next lesson now",
     "resend": "Resent a lesson",
+    "arrived": "Confirmed a lesson arrived",
     "move": "Moved to another lesson",
     "unsubscribe": "Unsubscribed",
     "erase": "Erased personal data",
@@ -103,6 +104,8 @@ def describe(action: str, detail: dict[str, Any]) -> str:
         if was == "sent":
             return f"Queued {lesson} to be sent again, although it had been sent"
         return f"Queued {lesson} again (it was {was})" if was else f"Queued {lesson} again"
+    if action == "arrived":
+        return f"Confirmed {lesson} arrived (it was unconfirmed): marked sent, moved on"
     if action == "move":
         return f"Moved from lesson {d.get('from', '?')} to lesson {d.get('to', '?')}"
     if action in ("unsubscribe", "erase") and d.get("was"):

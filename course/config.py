@@ -26,6 +26,10 @@ SECRET_MIN_BITS = 80
 NEW_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 
 
+# RQ kills a work horse still running 60 s past its job's timeout, checking every 30 s.
+RQ_KILL_GRACE = 90
+
+
 class ConfigError(RuntimeError):
     """A setting is missing or wrong; the message is one line telling what to set."""
 
@@ -131,9 +135,24 @@ def load(env: Mapping[str, str], instance_path: Path) -> dict[str, Any]:
         "RATELIMIT_HEADERS_ENABLED": True,
         "SEND_MAX_ATTEMPTS": _int(env, "SEND_MAX_ATTEMPTS", 5),
         "REQUEUE_AFTER_SECONDS": _int(env, "REQUEUE_AFTER_SECONDS", 300),
+        # An outage (5xx, 429, no connection) stops every worker for this long, doubled
+        # for each failure in a row up to the maximum; a Retry-After is honoured instead.
+        "SEND_BACKOFF_SECONDS": _float(env, "SEND_BACKOFF_SECONDS", 5.0),
+        "SEND_BACKOFF_MAX_SECONDS": _float(env, "SEND_BACKOFF_MAX_SECONDS", 300.0),
+        # An unconfirmed lesson (the request was written, no answer came) is settled by
+        # the provider's events; past this window without one it is queued again if
+        # events came for later requests, else UNCONFIRMED_WITHOUT_EVENTS decides:
+        # "hold" (for a person, on the Deliveries page) or "resend".
+        "UNCONFIRMED_WINDOW_SECONDS": _int(env, "UNCONFIRMED_WINDOW_SECONDS", 1800),
+        "UNCONFIRMED_WITHOUT_EVENTS": unconfirmed_policy(
+            env.get("UNCONFIRMED_WITHOUT_EVENTS") or "hold"),
         # Longer than a send job may run (RQ's job timeout is 600 s): past it, a delivery
-        # still "sending" was left by a worker that died, and becomes "unknown".
+        # still "sending" was left by a worker that died: "unconfirmed" if its request
+        # was written, queued again if not.
         "SENDING_STALE_SECONDS": _int(env, "SENDING_STALE_SECONDS", 900),
+        # How long a send job may run before RQ stops it (its work horse is killed about
+        # a minute later if it does not stop): SENDING_STALE_SECONDS must be longer.
+        "SEND_JOB_TIMEOUT": _int(env, "SEND_JOB_TIMEOUT", 600),
         # A pixel hit this soon after sending is a proxy or scanner prefetching, not a reader.
         "MACHINE_OPEN_SECONDS": _float(env, "MACHINE_OPEN_SECONDS", 10.0),
         # Answer valid pixel and click GETs in front of Flask (course/tracking_fast.py).
@@ -187,6 +206,15 @@ def load(env: Mapping[str, str], instance_path: Path) -> dict[str, Any]:
     elif not cfg["SECRET_KEY"]:
         cfg["SECRET_KEY"] = _dev_secret_key(instance_path)
     return cfg
+
+
+def unconfirmed_policy(raw: str) -> str:
+    """``UNCONFIRMED_WITHOUT_EVENTS``: what to do with an unconfirmed lesson no event
+    settled within the window: ``hold`` it for a person, or ``resend`` it."""
+    value = raw.strip().lower()
+    if value not in ("hold", "resend"):
+        raise ConfigError(f"UNCONFIRMED_WITHOUT_EVENTS={raw!r}: use hold or resend")
+    return value
 
 
 def webhook_urls(raw: str, *, https_only: bool) -> tuple[str, ...]:
@@ -257,6 +285,12 @@ def check_production(cfg: Mapping[str, Any], *, mail_backend_set: bool = True) -
         )
     if cfg["MAIL_BACKEND"] == "sendgrid" and not cfg["SENDGRID_API_KEY"]:
         raise ConfigError("MAIL_BACKEND=sendgrid but SENDGRID_API_KEY is not set")
+    if cfg["SENDING_STALE_SECONDS"] <= cfg["SEND_JOB_TIMEOUT"] + RQ_KILL_GRACE:
+        # (Tests shorten both and rely on RQ stopping the job at its timeout.)
+        raise ConfigError(
+            f"SENDING_STALE_SECONDS={cfg['SENDING_STALE_SECONDS']} must be longer than "
+            f"SEND_JOB_TIMEOUT={cfg['SEND_JOB_TIMEOUT']} plus {RQ_KILL_GRACE} s: a send "
+            "still running could otherwise be taken for a dead one and sent twice")
     if cfg["MAIL_BACKEND"] == "smtp" and not cfg["SMTP_HOST"]:
         raise ConfigError("MAIL_BACKEND=smtp but SMTP_HOST is not set")
     if (cfg["MAIL_BACKEND"] == "smtp" and not cfg["SMTP_STARTTLS"]

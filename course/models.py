@@ -42,9 +42,11 @@ class DeliveryStatus:
     SENDING = "sending"
     SENT = "sent"
     FAILED = "failed"
-    UNKNOWN = "unknown"
+    # The request was written but no answer came back: it may have been accepted. Its
+    # subscriber waits at this lesson until it is settled (course/unconfirmed.py).
+    UNCONFIRMED = "unconfirmed"
     CANCELLED = "cancelled"
-    ALL = (QUEUED, SENDING, SENT, FAILED, UNKNOWN, CANCELLED)
+    ALL = (QUEUED, SENDING, SENT, FAILED, UNCONFIRMED, CANCELLED)
 
 
 class EventKind:
@@ -205,6 +207,8 @@ class Delivery(Model):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
     provider_message_id: Mapped[str] = mapped_column(String(255), default="")
+    # The request it was sent (or left unconfirmed) in: a ``SendRequest`` id, or None.
+    request_id: Mapped[int | None] = mapped_column(Integer)
     scheduled_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -222,6 +226,25 @@ class Delivery(Model):
 
     def __repr__(self) -> str:
         return f"<Delivery {self.id} s{self.subscriber_id} #{self.position} {self.status}>"
+
+
+class SendRequest(Model):
+    """One request handed to the mail provider, committed before it is written.
+
+    ``state`` is ``written`` from just before the request goes out until an answer
+    refuses it (``refused``: nothing was accepted). After a crash, a kill or a job
+    timeout, a delivery left ``sending`` whose request is still ``written`` may have been
+    accepted (``unconfirmed``); any other was never sent and is queued again.
+    ``delivery_ids`` is a comma-separated list: one row per request, not per recipient,
+    so the send path pays one INSERT per 1,000 lessons.
+    """
+
+    __tablename__ = "send_request"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    state: Mapped[str] = mapped_column(String(16), default="written")
+    delivery_ids: Mapped[str] = mapped_column(Text, default="")
 
 
 class Event(Model):

@@ -4,8 +4,9 @@ Invariant 1 lives here: a delivery row is unique per (subscriber, lesson), and a
 *claims* it with a conditional update (queued -> sending) before sending, so duplicate
 jobs, overlapping ticks or several workers can never send the same lesson twice.
 Invariant 2 too: the database is the truth; the tick re-enqueues queued deliveries that
-Redis lost, and marks ``unknown`` (for a person to decide, never resent blindly) what a
-crashed worker left ``sending``.
+Redis lost, turns what a crashed worker left ``sending`` into ``unconfirmed`` (if its
+request was written) or queued again (if not), and settles unconfirmed lessons
+(``course.unconfirmed``). While the provider is out (a backoff) it enqueues nothing.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from .sending import (
     resend,
     send_deliveries,
     stuck_sending,
-    sweep_stale_sending,
 )
 from .timeutil import utcnow
+from .unconfirmed import settle, sweep_stale_sending
 
 __all__ = ["tick", "claim", "send_deliveries", "stuck_sending",
            "cancel_pending", "enqueue_send", "resend", "TickResult"]
@@ -59,7 +60,7 @@ class TickResult:
     created: int = 0
     finished: int = 0
     enqueued: int = 0
-    unknown: int = 0
+    unconfirmed: int = 0  # left sending by a dead worker, after its request was written
     batches: list[list[int]] = field(default_factory=list)  # the ids of each job enqueued
 
 
@@ -68,7 +69,8 @@ def _is_postgres() -> bool:
 
 
 def enqueue_send(ids: list[int]) -> None:
-    queue.enqueue("workers.tasks.send_deliveries", ids)
+    queue.enqueue("workers.tasks.send_deliveries", ids,
+                  job_timeout=current_app.config["SEND_JOB_TIMEOUT"])
 
 
 def tick(now: datetime | None = None, *, enqueue: Enqueuer | None = None,
@@ -85,13 +87,21 @@ def tick(now: datetime | None = None, *, enqueue: Enqueuer | None = None,
     enqueue = enqueue or enqueue_send
     result = TickResult()
     running = not sendstate.paused() or sendstate.probe_and_resume()
+    backing_off = sendstate.backing_off(now) if running else None
     _finish_past_the_end(now, subscriber_ids, result)
-    _create_due_deliveries(now, result, subscriber_ids, enqueue if running else None)
-    if subscriber_ids is None:  # global steps never run under a rehearsal's clock
-        result.unknown = sweep_stale_sending(now)
+    _create_due_deliveries(now, result, subscriber_ids,
+                           enqueue if running and not backing_off else None)
+    if subscriber_ids is None:
+        # Global sweeps: never under a rehearsal's own clock, limited to its subscribers.
+        result.unconfirmed = sweep_stale_sending(now)
+        settle(now)
     if not running:
         log.warning("tick: sending is paused (%s); nothing enqueued",
                     (sendstate.paused() or {}).get("reason", "?"))
+        return result
+    if backing_off:
+        log.warning("tick: the mail provider is out until %s (%s); nothing enqueued",
+                    backing_off.get("until"), backing_off.get("reason", "?"))
         return result
     _enqueue_queued(now, result, enqueue, subscriber_ids)
     if result.created or result.enqueued or result.finished:

@@ -34,13 +34,13 @@ def queue(name: str) -> Queue:
 
 
 def enqueue(func: str, *args: Any, queue_name: str = MAIL_QUEUE, retries: int = 3,
-            **kwargs: Any) -> Any:
+            job_timeout: int = 600, **kwargs: Any) -> Any:
     """Enqueue ``func`` (a dotted path) with bounded, growing retries."""
     return queue(queue_name).enqueue(
         func,
         *args,
         retry=Retry(max=retries, interval=[10, 60, 300][:retries]) if retries else None,
-        job_timeout=600,
+        job_timeout=job_timeout,
         result_ttl=3600,
         failure_ttl=7 * 24 * 3600,
         **kwargs,

@@ -6,8 +6,13 @@ same lesson twice. What happened is then written back in a few bulk statements, 
 row at a time, so a batch of 1,000 costs a handful of queries.
 
 A mail error says what was settled and what to do with the rest (course/mail/errors.py):
-not accepted -> queued again; refused -> failed with the provider's words; no answer
--> ``unknown`` (never resent blindly); credentials refused -> queued, and sending paused.
+not accepted (an outage: 5xx, 429, no connection) -> queued again without using an
+attempt, and every worker backs off (``sendstate.back_off``); refused -> failed with the
+provider's words; written but no answer -> ``unconfirmed`` (never resent blindly; the
+subscriber waits at that lesson until ``course.unconfirmed`` settles it); credentials
+refused -> queued, and sending paused. Each request is written down before it goes out
+(``course.send_requests``), so a crash or a job timeout leaves ``unconfirmed`` only what
+may really have reached the provider.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from operator import attrgetter
 from typing import Any
 
 from flask import current_app
+from rq.timeouts import JobTimeoutException
 from sqlalchemy import and_, bindparam, select, text, update
 
-from . import sendstate, tokens, webhooks_out
+from . import send_requests, sendstate, tokens, webhooks_out
 from .content import current_course
 from .extensions import db, id_in
 from .lessons import Course
@@ -46,6 +52,10 @@ from .schedule import next_send_time
 from .timeutil import UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
+
+# Nobody gets mail in these states, whatever is queued for them: everyone else does (a
+# finished or paused subscriber's lesson is queued only by an admin's resend).
+NO_MAIL = (Status.UNSUBSCRIBED, Status.BOUNCED, Status.COMPLAINED, Status.PENDING)
 
 
 def _is_postgres() -> bool:
@@ -106,7 +116,8 @@ CLAIM_AND_READ = text("""
 # One request's recipients are sent (they share SendGrid's message id).
 MARK_SENT = text("""
     UPDATE delivery SET status = :status, sent_at = :sent_at, error = :error,
-        provider_message_id = :provider_message_id, content_hash = :content_hash
+        provider_message_id = :provider_message_id, content_hash = :content_hash,
+        request_id = :request_id
     WHERE id = ANY(CAST(:ids AS integer[]))
 """).bindparams(bindparam("sent_at", type_=UTCDateTime()))
 
@@ -157,10 +168,14 @@ class Outcome:
 
     sent: dict[int, str] = field(default_factory=dict)  # id -> provider message id
     failed: dict[int, str] = field(default_factory=dict)  # id -> error
-    unknown: dict[int, str] = field(default_factory=dict)
+    unconfirmed: dict[int, str] = field(default_factory=dict)
     requeue: dict[int, str] = field(default_factory=dict)
     requeue_keep_attempt: set[int] = field(default_factory=set)
     cancelled: dict[int, str] = field(default_factory=dict)
+    request_of: dict[int, int] = field(default_factory=dict)  # id -> send_request id
+
+    def settled(self) -> set[int]:
+        return {*self.sent, *self.failed, *self.unconfirmed, *self.requeue, *self.cancelled}
 
 
 def _claim_rows(ids: Sequence[int], now: datetime) -> list[Claimed]:
@@ -184,9 +199,10 @@ def send_deliveries(ids: Sequence[int], now: datetime | None = None) -> int:
     A job may carry several requests' worth (the tick packs about five, so a work horse
     is forked once per 5,000 lessons, not per 1,000), but each slice is claimed, sent and
     settled before the next is claimed: a worker killed mid-job leaves at most one
-    request's worth ``sending`` (later ``unknown``) and the rest still queued. While
-    sending is paused nothing is claimed: the deliveries stay queued. A transient error
-    ends the job (RQ retries it; what went out is no longer queued, so is skipped).
+    request's worth ``sending`` (later ``unconfirmed`` if that request was written, else
+    queued again) and the rest still queued. While sending is paused or backing off
+    nothing is claimed: the deliveries stay queued, released for the tick to enqueue once
+    it is over. An outage ends the job the same way, after backing off.
     """
     with _collector_paused():
         return _send_slices(list(ids), now)
@@ -213,22 +229,44 @@ def _collector_paused() -> Iterator[None]:
 def _send_slices(ids: list[int], now: datetime | None) -> int:
     sent = 0
     backend: MailBackend | None = None
+    backoff_ended = False
     for start in range(0, len(ids), sendstate.MAX_PER_REQUEST):
-        if sendstate.paused():
-            break
         at = now or utcnow()
+        backoff = None if backoff_ended else sendstate.backoff()
+        if sendstate.paused() or (backoff and sendstate.backing_off(at, backoff)):
+            _release(ids[start:])
+            break
+        backoff_ended = backoff_ended or backoff is None
         rows = _claim_rows(ids[start : start + sendstate.MAX_PER_REQUEST], at)
         if not rows:
             continue
         backend = backend or get_backend(current_app.config)
         count, error = _send_claimed(rows, at, backend)
         sent += count
+        if count and not backoff_ended:
+            sendstate.end_backoff()  # the provider took a request: the outage is over
+            backoff_ended = True
         if isinstance(error, AuthError):
             sendstate.pause(f"the mail provider refused our credentials ({error})")
+            _release(ids[start + sendstate.MAX_PER_REQUEST:])
             break
         if isinstance(error, TransientError):
-            raise error  # RQ retries the job; the tick re-enqueues if retries run out
+            sendstate.back_off(str(error), now or utcnow(), error.retry_after)
+            _release(ids[start + sendstate.MAX_PER_REQUEST:])
+            break
     return sent
+
+
+def _release(ids: Sequence[int]) -> None:
+    """Queued deliveries this job will not send: unmark them, so the tick enqueues them
+    as soon as sending may go on instead of ``REQUEUE_AFTER_SECONDS`` later."""
+    if ids:
+        db.session.execute(update(Delivery)
+                           .where(id_in(Delivery.id, list(ids)),
+                                  Delivery.status == DeliveryStatus.QUEUED)
+                           .values(enqueued_at=None)
+                           .execution_options(synchronize_session=False))
+        db.session.commit()
 
 
 def _send_claimed(rows: list[Claimed], now: datetime,
@@ -238,38 +276,52 @@ def _send_claimed(rows: list[Claimed], now: datetime,
     outcome = Outcome()
     groups: dict[str, list[Claimed]] = defaultdict(list)
     for row in rows:
-        if row.status != Status.ACTIVE:
+        if row.status in NO_MAIL:
+            # Active or not (a finished subscriber's resend goes out), never to these.
             outcome.cancelled[row.id] = f"subscriber is {row.status}"
         else:
             groups[row.slug].append(row)
     error: MailError | None = None
+    journal = send_requests.Journal(now)
     try:
         for slug, group in groups.items():
-            error = _send_group(course, slug, group, outcome, backend) or error
-            if isinstance(error, AuthError):
+            error = _send_group(course, slug, group, outcome, backend, journal) or error
+            if isinstance(error, AuthError | TransientError):
                 break
     except BaseException as exc:
-        # Anything unexpected (a bug, the job killed by a timeout): what was not settled may
-        # or may not have left; mark it unknown so nobody resends it blindly.
-        settled = set().union(*(vars(outcome)[k] for k in vars(outcome)))
-        for group in groups.values():
-            for row in group:
-                if row.id not in settled:
-                    outcome.unknown[row.id] = f"{type(exc).__name__}: {exc}"
+        # Anything unexpected (a bug, the job killed by a timeout): a request written and
+        # not answered may have been accepted, so its deliveries are unconfirmed; the rest
+        # never left and go back to the queue (a bug that keeps failing uses attempts up).
+        in_flight, settled = journal.in_flight(), outcome.settled()
+        for row in rows:
+            if row.id in settled:
+                continue
+            if row.id in in_flight:
+                outcome.unconfirmed[row.id] = f"{type(exc).__name__}: {exc}"
+                if journal.request_id is not None:
+                    outcome.request_of[row.id] = journal.request_id
+            else:
+                outcome.requeue[row.id] = f"not sent: {type(exc).__name__}: {exc}"
+                if not isinstance(exc, Exception) or isinstance(exc, JobTimeoutException):
+                    outcome.requeue_keep_attempt.add(row.id)  # not the message's fault
         _apply(course, rows, outcome, now)
         raise
-    # Groups not reached after an auth error are simply put back.
-    settled = set().union(*(vars(outcome)[k] for k in vars(outcome)))
+    finally:
+        if hasattr(backend, "on_request"):
+            backend.on_request = None  # type: ignore[attr-defined]
+    # Groups not reached after an auth error or an outage are simply put back.
+    settled = outcome.settled()
     for row in rows:
         if row.id not in settled:
-            outcome.requeue[row.id] = "not sent: sending paused"
+            outcome.requeue[row.id] = f"not sent: {error}" if error else "not sent"
             outcome.requeue_keep_attempt.add(row.id)
     _apply(course, rows, outcome, now)
     return len(outcome.sent), error
 
 
 def _send_group(course: Course, slug: str, group: list[Claimed], outcome: Outcome,
-                backend: MailBackend | None = None) -> MailError | None:
+                backend: MailBackend | None = None,
+                journal: send_requests.Journal | None = None) -> MailError | None:
     lesson = course.lesson_by_slug(slug)
     if lesson is None:
         for row in group:
@@ -283,6 +335,12 @@ def _send_group(course: Course, slug: str, group: list[Claimed], outcome: Outcom
         for row in group
     ]
     backend = backend or get_backend(current_app.config)
+    journal = journal or send_requests.Journal(utcnow())
+    # A backend with a hook tells the journal before each attempt itself (the SendGrid
+    # backend retries inside send_batch); for the others the whole call is the request.
+    hooked = hasattr(backend, "on_request")
+    if hooked:
+        backend.on_request = journal.event  # type: ignore[attr-defined]
     error: MailError | None = None
     step = sendstate.chunk_size(len(recipients))
     for start in range(0, len(group), step):
@@ -294,12 +352,18 @@ def _send_group(course: Course, slug: str, group: list[Claimed], outcome: Outcom
                 outcome.requeue_keep_attempt.add(row.id)
             continue
         sendstate.wait_for_rate(len(chunk))
+        journal.begin([row.id for row in rows])
+        if not hooked:
+            journal.written()
         try:
             results: list[Result | None] = list(backend.send_batch(rendered.template, chunk))
         except MailError as exc:
             error = exc
             results = [exc.result_for(i) for i in range(len(chunk))]
+        if journal.request_id is not None:
+            outcome.request_of.update((row.id, journal.request_id) for row in rows)
         _record(rows, results, error, outcome)
+        journal.done()
     if error is not None:
         log.warning("lesson %s: %s (%d recipients)", slug, error, len(group))
     return error
@@ -307,7 +371,13 @@ def _send_group(course: Course, slug: str, group: list[Claimed], outcome: Outcom
 
 def _record(rows: list[Claimed], results: list[Result | None], error: MailError | None,
             outcome: Outcome) -> None:
-    """Sort one request's recipients into the outcome by what the provider said."""
+    """Sort one request's recipients into the outcome by what the provider said.
+
+    Only a refusal (a 4xx for the message, or the provider's own failure result) fails a
+    delivery; an outage puts it back without using an attempt.
+    """
+    in_flight = getattr(error, "in_flight", None)
+    unsettled = 0
     for row, res in zip(rows, results, strict=True):
         if res is not None:
             if res.ok:
@@ -315,14 +385,17 @@ def _record(rows: list[Claimed], results: list[Result | None], error: MailError 
             else:
                 outcome.failed[row.id] = res.error or "refused by the provider"
         elif isinstance(error, UnknownOutcomeError):
-            outcome.unknown[row.id] = str(error)
+            unsettled += 1
+            if in_flight is None or unsettled <= in_flight:
+                outcome.unconfirmed[row.id] = str(error)
+            else:
+                outcome.requeue[row.id] = f"not tried after an earlier error: {error}"
+                outcome.requeue_keep_attempt.add(row.id)
         elif isinstance(error, PermanentError):
             outcome.failed[row.id] = str(error)
-        elif isinstance(error, AuthError):
+        else:  # TransientError, AuthError: not accepted, and not the message's fault
             outcome.requeue[row.id] = str(error)
             outcome.requeue_keep_attempt.add(row.id)
-        else:
-            outcome.requeue[row.id] = str(error)
 
 
 def _apply(course: Course, rows: list[Claimed], outcome: Outcome, now: datetime) -> None:
@@ -337,13 +410,16 @@ def _apply(course: Course, rows: list[Claimed], outcome: Outcome, now: datetime)
 
     # A provider message id per request, and a request is one lesson: usually one or two
     # statements for the whole slice.
-    by_request: dict[tuple[str, str], list[int]] = defaultdict(list)
+    by_request: dict[tuple[str, str, int | None], list[int]] = defaultdict(list)
+    request_of = outcome.request_of
     for delivery_id, message_id in outcome.sent.items():
-        by_request[(message_id, by_id[delivery_id].slug)].append(delivery_id)
+        by_request[(message_id, by_id[delivery_id].slug, request_of.get(delivery_id))
+                   ].append(delivery_id)
     if len(by_request) <= (20 if _is_postgres() else 4):
-        for (message_id, slug), ids in by_request.items():
+        for (message_id, slug, request_id), ids in by_request.items():
             values = dict(status=DeliveryStatus.SENT, sent_at=now, error="",
-                          provider_message_id=message_id, content_hash=_hash(course, slug))
+                          provider_message_id=message_id, content_hash=_hash(course, slug),
+                          request_id=request_id)
             if _is_postgres():
                 session.execute(MARK_SENT, {**values, "ids": _int_array(ids)})
             else:
@@ -351,12 +427,14 @@ def _apply(course: Course, rows: list[Claimed], outcome: Outcome, now: datetime)
                                 .execution_options(synchronize_session=False))
     else:
         bulk([{"id": i, "status": DeliveryStatus.SENT, "sent_at": now, "error": "",
-               "provider_message_id": m, "content_hash": _hash(course, by_id[i].slug)}
+               "provider_message_id": m, "content_hash": _hash(course, by_id[i].slug),
+               "request_id": request_of.get(i)}
               for i, m in outcome.sent.items()])
     bulk([{"id": i, "status": DeliveryStatus.FAILED, "error": e[:2000]}
           for i, e in outcome.failed.items()])
-    bulk([{"id": i, "status": DeliveryStatus.UNKNOWN, "error": e[:2000]}
-          for i, e in outcome.unknown.items()])
+    bulk([{"id": i, "status": DeliveryStatus.UNCONFIRMED, "error": e[:2000],
+           "request_id": request_of.get(i)}
+          for i, e in outcome.unconfirmed.items()])
     bulk([{"id": i, "status": DeliveryStatus.CANCELLED, "error": e}
           for i, e in outcome.cancelled.items()])
     max_attempts = current_app.config["SEND_MAX_ATTEMPTS"]
@@ -364,12 +442,15 @@ def _apply(course: Course, rows: list[Claimed], outcome: Outcome, now: datetime)
     for i, e in outcome.requeue.items():
         attempts = by_id[i].attempts - (1 if i in outcome.requeue_keep_attempt else 0)
         gave_up = attempts >= max_attempts and i not in outcome.requeue_keep_attempt
-        requeue.append({"id": i, "error": e[:2000], "enqueued_at": now, "attempts": attempts,
+        # Put back for the tick to enqueue as soon as sending may go on (after a backoff
+        # or a pause it checks first); a requeue that used an attempt waits its turn.
+        again = None if i in outcome.requeue_keep_attempt else now
+        requeue.append({"id": i, "error": e[:2000], "enqueued_at": again, "attempts": attempts,
                         "status": DeliveryStatus.FAILED if gave_up else DeliveryStatus.QUEUED})
     bulk(requeue)
-    # An unknown outcome most likely reached the subscriber: move them on rather than stall
-    # their course; the delivery stays flagged for a person.
-    _advance(course, [by_id[i] for i in (*outcome.sent, *outcome.unknown)], now)
+    # Only what the provider took moves its subscriber on: an unconfirmed lesson holds
+    # them at it until it is settled (course/unconfirmed.py).
+    _advance(course, [by_id[i] for i in outcome.sent], now)
     if webhooks_out.enabled():
         webhooks_out.emit_many("lesson.sent", [
             webhooks_out.lesson_data(i, by_id[i].subscriber_id, by_id[i].email, by_id[i].slug,
@@ -451,6 +532,16 @@ def _advance_postgres(groups: dict[tuple[int, str, int], list[int]],
         "finished": Status.FINISHED, "active": Status.ACTIVE})
 
 
+def claimed_rows(ids: Sequence[int]) -> list[Claimed]:
+    """The deliveries ``ids`` with what sending or advancing them needs, ordered by id."""
+    return _claimed_rows(ids)
+
+
+def advance(sent: list[Claimed], now: datetime) -> None:
+    """Move these subscribers past the lesson of each delivery (see ``_advance``)."""
+    _advance(current_course(), sent, now)
+
+
 def _claimed_rows(ids: Sequence[int]) -> list[Claimed]:
     return [Claimed(**r._mapping) for r in db.session.execute(
         select(Delivery.id, Delivery.subscriber_id, Delivery.lesson_slug.label("slug"),
@@ -462,46 +553,31 @@ def _claimed_rows(ids: Sequence[int]) -> list[Claimed]:
     )]
 
 
-def sweep_stale_sending(now: datetime) -> int:
-    """Deliveries left ``sending`` by a worker that died mid-send become ``unknown``.
-
-    Past ``SENDING_STALE_SECONDS`` (longer than a job may run) nobody is sending them any
-    more; they may or may not have left, so they are never resent blindly.
-    """
-    cutoff = now - timedelta(seconds=current_app.config["SENDING_STALE_SECONDS"])
-    ids = db.session.execute(
-        update(Delivery)
-        .where(Delivery.status == DeliveryStatus.SENDING, Delivery.claimed_at < cutoff)
-        .values(status=DeliveryStatus.UNKNOWN,
-                error="the worker stopped while sending it (crashed or killed): "
-                      "it may or may not have gone out")
-        .returning(Delivery.id)
-    ).scalars().all()
-    if ids:
-        _advance(current_course(), _claimed_rows(ids), now)
-        log.warning("%d deliveries were left sending by a stopped worker; marked unknown",
-                    len(ids))
-    db.session.commit()
-    return len(ids)
-
-
 def resend(ids: Sequence[int],
            before_commit: Callable[[list[tuple[int, int, int]]], None] | None = None) -> int:
-    """Put failed, unknown or stuck deliveries back in the queue (an admin's decision).
+    """Put failed, unconfirmed or stuck deliveries back in the queue (an admin's decision).
 
-    ``before_commit`` is given the (delivery id, subscriber id, position) of each delivery
-    actually requeued, inside the same transaction, so what it adds (the audit log) is
-    committed with the requeue and names exactly the deliveries that changed.
+    Only for subscribers who still take mail (not unsubscribed, bounced or complained),
+    finished or not: the send path sends a queued lesson to anyone else, so nothing
+    requeued here is cancelled later. ``before_commit`` is given the (delivery id,
+    subscriber id, position) of each delivery actually requeued, inside the same
+    transaction, so what it adds (the audit log) is committed with the requeue and names
+    exactly the deliveries that changed.
     """
-    requeued = [(i, s, p) for i, s, p in db.session.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(list(ids)),
-               Delivery.status.in_([DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN,
-                                    DeliveryStatus.SENDING]))
-        .values(status=DeliveryStatus.QUEUED, attempts=0, error="", enqueued_at=None)
-        .returning(Delivery.id, Delivery.subscriber_id, Delivery.position)
-        .execution_options(synchronize_session=False)
-    )]
+    takes_mail = ~select(Subscriber.id).where(
+        Subscriber.id == Delivery.subscriber_id, Subscriber.status.in_(NO_MAIL)).exists()
+    requeued: list[tuple[int, int, int]] = []
+    wanted = sorted(set(ids))
+    for start in range(0, len(wanted), 1000):
+        requeued += [(i, s, p) for i, s, p in db.session.execute(
+            update(Delivery)
+            .where(id_in(Delivery.id, wanted[start:start + 1000]),
+                   Delivery.status.in_([DeliveryStatus.FAILED, DeliveryStatus.UNCONFIRMED,
+                                        DeliveryStatus.SENDING]), takes_mail)
+            .values(status=DeliveryStatus.QUEUED, attempts=0, error="", enqueued_at=None)
+            .returning(Delivery.id, Delivery.subscriber_id, Delivery.position)
+            .execution_options(synchronize_session=False)
+        )]
     if before_commit is not None and requeued:
         before_commit(requeued)
     db.session.commit()

@@ -1,7 +1,9 @@
-"""Pipeline-wide sending state: the pause switch and the shared send rate.
+"""Pipeline-wide sending state: the pause switch, the outage backoff and the shared rate.
 
-Both are shared by every worker on every host. The pause lives in the database (the
-source of truth, visible to the admin); the rate is a reservation clock in Redis.
+All are shared by every worker on every host. The pause (credentials refused: a person
+must act) and the backoff (the provider is down, busy or rate-limiting us: it passes by
+itself) live in the database, the source of truth the admin sees; the rate is a
+reservation clock in Redis.
 """
 
 from __future__ import annotations
@@ -9,10 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from .extensions import affected_rows, db
 from .models import AppState, Delivery, DeliveryStatus
@@ -21,6 +24,7 @@ from .timeutil import utcnow
 log = logging.getLogger(__name__)
 
 PAUSE_KEY = "sending_paused"
+BACKOFF_KEY = "sending_backoff"
 
 
 def paused() -> dict[str, Any] | None:
@@ -76,6 +80,75 @@ def probe_and_resume() -> bool:
     if ok:
         resume()
     return ok
+
+
+# --- the outage backoff ------------------------------------------------------------------
+#
+# A 5xx, a 429 or a failure to connect says nothing about the messages: the provider is
+# down, busy or limiting us. Every worker then stops claiming until ``until`` (the
+# provider's Retry-After, however long, or an exponential wait shared by all), the
+# deliveries stay queued without losing an attempt, and the tick enqueues them again
+# once the time has passed. Nobody waits inside a job.
+
+
+def _load(row: AppState | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    try:
+        data = json.loads(row.value)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def backoff() -> dict[str, Any] | None:
+    """The current backoff ({"until", "reason", "failures"}), expired or not, or None."""
+    return _load(db.session.get(AppState, BACKOFF_KEY))
+
+
+def backing_off(now: datetime, data: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The backoff (``data``, or the stored one) if it still holds at ``now``."""
+    data = backoff() if data is None else data
+    if data is None:
+        return None
+    try:
+        until = datetime.fromisoformat(str(data.get("until")))
+    except ValueError:
+        return None
+    return data if until > now else None
+
+
+def back_off(reason: str, now: datetime, retry_after: float | None = None) -> datetime:
+    """Stop every worker's sending until the provider can be tried again; returns when.
+
+    The wait is ``retry_after`` when the provider said (honoured however long), else
+    ``SEND_BACKOFF_SECONDS`` doubled for each failure in a row, up to
+    ``SEND_BACKOFF_MAX_SECONDS``.
+    """
+    row = db.session.get(AppState, BACKOFF_KEY)
+    failures = int((_load(row) or {}).get("failures", 0) or 0) + 1
+    if retry_after is not None and retry_after > 0:
+        wait = float(retry_after)
+    else:
+        base = float(current_app.config["SEND_BACKOFF_SECONDS"])
+        wait = min(float(current_app.config["SEND_BACKOFF_MAX_SECONDS"]),
+                   base * 2 ** min(failures - 1, 20))
+    until = now + timedelta(seconds=wait)
+    value = json.dumps({"until": until.isoformat(), "reason": reason[:500],
+                        "failures": failures})
+    if row is None:
+        db.session.add(AppState(key=BACKOFF_KEY, value=value))
+    else:
+        row.value = value
+    db.session.commit()
+    log.warning("sending backs off for %.0f s (failure %d in a row): %s", wait, failures, reason)
+    return until
+
+
+def end_backoff() -> None:
+    """The provider took a request: the next outage starts its backoff from the start."""
+    db.session.execute(delete(AppState).where(AppState.key == BACKOFF_KEY))
+    db.session.commit()
 
 
 # KEYS[1]: the clock key. ARGV: count, rate (per second). Returns the slot's start (Redis

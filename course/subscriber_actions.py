@@ -31,7 +31,7 @@ from .timeutil import utcnow
 CONFIRM_NOT_DELIVERED = "not-delivered"
 CONFIRM_SEND_AGAIN = "send-again"
 # Deliveries that may already be in the inbox; "sending" only once a worker left it stuck.
-MAYBE_DELIVERED = (DeliveryStatus.UNKNOWN, DeliveryStatus.SENDING)
+MAYBE_DELIVERED = (DeliveryStatus.UNCONFIRMED, DeliveryStatus.SENDING)
 STUCK_AFTER = timedelta(minutes=10)  # as in admin/queries.py: a send job dies by then
 NO_MAIL = (Status.UNSUBSCRIBED, Status.BOUNCED, Status.COMPLAINED)
 ERASED_DOMAIN = "erased.invalid"  # .invalid never resolves (RFC 2606): nothing can be sent
@@ -194,18 +194,18 @@ def resend_lesson(sub: Subscriber, position: int, confirm: str = "") -> tuple[Le
     """Queue their delivery of lesson ``position`` again (the same row: never a second one).
 
     A failed or cancelled lesson is simply re-queued. One that may already be in their inbox
-    (unknown, or stuck sending) needs ``confirm == "not-delivered"``; one that was sent needs
-    ``confirm == "send-again"``. Only an active subscriber: the send path cancels a lesson
-    for anyone else. Returns the lesson and the delivery's status before.
+    (unconfirmed, or stuck sending) needs ``confirm == "not-delivered"``; one that was sent
+    needs ``confirm == "send-again"``. Anyone who still takes mail, finished or paused too
+    (the send path sends it to them); not someone unsubscribed, bounced or complained.
+    Returns the lesson and the delivery's status before.
     """
     _not_erased(sub)
     lesson = _lesson(position)
     delivery = _delivery_of(sub, lesson)
     if delivery is None:
         raise NotPossible(f"Lesson {position} was never sent to them: nothing to resend.")
-    if sub.status != Status.ACTIVE:
-        raise NotPossible(f"They are {sub.status}: a lesson can be sent again only to an "
-                          "active subscriber.")
+    if sub.status in (*NO_MAIL, Status.PENDING):
+        raise NotPossible(f"They are {sub.status}: no lesson can be sent to them.")
     was = delivery.status
     stuck = delivery.claimed_at is not None and delivery.claimed_at < utcnow() - STUCK_AFTER
     if was == DeliveryStatus.QUEUED or (was == DeliveryStatus.SENDING and not stuck):

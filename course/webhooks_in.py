@@ -37,7 +37,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import sendgrid_events as sg
-from . import webhooks_out
+from . import unconfirmed, webhooks_out
 from .extensions import csrf, db, limiter
 from .models import Delivery, DeliveryStatus, Event, EventKind, Status, Subscriber
 from .timeutil import utcnow
@@ -171,6 +171,8 @@ def apply_events(raw: list[Any]) -> dict[str, int]:
     _record_engagement(batch)
     _record_problems(batch)
     stopped = _stop_mail(batch)
+    # The events are the provider's ledger: they settle unconfirmed lessons.
+    unconfirmed.after_events(batch.deliveries.values(), utcnow())
     db.session.commit()
     return {"received": batch.received, "recorded": recorded,
             "ignored": batch.received - len(batch.resolved), "stopped": stopped}
@@ -188,6 +190,7 @@ def _resolve(raw: list[Any]) -> Batch:
         for row in db.session.execute(
             select(Delivery.id, Delivery.subscriber_id, Delivery.lesson_slug,
                    Delivery.position, Delivery.status, Delivery.human_opened_at,
+                   Delivery.request_id,
                    Subscriber.email, Subscriber.status.label("subscriber_status"),
                    Subscriber.consent_at)
             .join(Subscriber, Subscriber.id == Delivery.subscriber_id)

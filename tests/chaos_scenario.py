@@ -4,8 +4,13 @@ Shared by ``tests/test_chaos.py`` (2,000 subscribers) and ``bench/chaos.py`` (20
 Subscribers go through every lesson on real RQ worker processes, SIGKILLed at random
 moments (work horse included), with Redis flushed once mid-run, ticks duplicated (twice
 in a row, or two at once from two threads) and the local SendGrid server answering 429,
-5xx, late (past the client's timeout) or not at all. Then the provider calms down, and the
-ledger of what it accepted is held against the database.
+5xx, late (past the client's timeout) or not at all, dropping connections before the
+body is read, after reading it and after accepting it, going fully down for a while and
+answering one 429 with a long ``Retry-After``. It posts its Event Webhook events to the
+app, signed, late, in batches and some twice (``tests/sendgrid_webhook.py``), and those
+settle the unconfirmed lessons. Then the provider calms down, and every lesson is
+counted from the ledger of what it accepted and the database: ``duplicates`` (accepted
+twice), ``lost`` (never accepted and not queued) and ``unresolved`` (still unconfirmed).
 
 The course advances because the driver *plays time forward*: after each tick it pulls
 every pending ``next_send_at`` in to now. Workers are separate processes, so the clock is
@@ -28,7 +33,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,6 +41,7 @@ import psutil
 from flask import Flask
 from redis import Redis
 from sqlalchemy import func, insert, select, update
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from course import pipeline
 from course.content import current_course
@@ -44,12 +50,13 @@ from course.models import Delivery, DeliveryStatus, Status, Subscriber
 from course.queue import MAIL_QUEUE
 from course.timeutil import utcnow
 from tests.sendgrid_server import Action, SendGridServer, _Handler
+from tests.sendgrid_webhook import EventPoster, new_key
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "SG.chaos-key"
 ZONES = ("UTC", "America/New_York", "Europe/Berlin", "Asia/Kolkata")
 BACKOFF_BASE = 0.5  # SendGridBackend's default backoff_base
-SWEPT = "the worker stopped while sending"  # sending.sweep_stale_sending's error text
+SWEPT = "the worker stopped while sending"  # unconfirmed.sweep_stale_sending's error text
 NO_ANSWER = "no answer from SendGrid"  # UnknownOutcomeError's, from the SendGrid backend
 
 
@@ -61,7 +68,8 @@ class ChaosSettings:
     p429: float = 0.1
     p5xx: float = 0.1
     ptimeout: float = 0.04
-    pdrop: float = 0.02
+    pdrop: float = 0.02  # after the body was read: accepted or not, at even odds
+    pdrop_early: float = 0.02  # before the body was read
     sendgrid_timeout: float = 1.0
     sendgrid_max_retries: int = 2
     reset_in: float = 0.5  # a 429's X-RateLimit-Reset is now + this
@@ -69,12 +77,18 @@ class ChaosSettings:
     # every waiting delivery again (540 jobs for 200 batches: claims made the copies no-ops,
     # but each cost a work horse, and the run took twice as long).
     requeue_after: int = 4
-    job_margin: float = 4.0  # claim, render and write-back on a busy 2-core machine
+    job_margin: float = 8.0  # claim, render and write-back on a busy 2-core machine
     # Kills and the flush come at random points of progress (the fraction of all lessons
     # settled), so a fast machine sees as many as a slow one.
     kills: int = 5
     flush_at: tuple[float, float] = (0.3, 0.5)
     calm_at: float = 0.75  # the provider calms down (after the last kill)
+    outage_at: float = 0.4  # every request answered 503 for outage_seconds
+    outage_seconds: float = 5.0
+    retry_after_at: float = 0.55  # one 429 with this Retry-After
+    retry_after: int = 3
+    unconfirmed_window: int = 4  # UNCONFIRMED_WINDOW_SECONDS
+    webhook_public_key: str = ""  # set by run_chaos
     tick_every: float = 0.4
     deadline: float = 150.0
     seed: int | None = None
@@ -99,6 +113,11 @@ class ChaosSettings:
             "SENDGRID_MAX_RETRIES": self.sendgrid_max_retries,
             "REQUEUE_AFTER_SECONDS": self.requeue_after,
             "SENDING_STALE_SECONDS": self.stale_seconds,
+            # RQ stops a job this long before it could be taken for a dead one.
+            "SEND_JOB_TIMEOUT": max(1, self.stale_seconds - 4),
+            "UNCONFIRMED_WINDOW_SECONDS": self.unconfirmed_window,
+            "SEND_BACKOFF_SECONDS": 0.2, "SEND_BACKOFF_MAX_SECONDS": 2.0,
+            "SENDGRID_WEBHOOK_PUBLIC_KEY": self.webhook_public_key,
         }
 
 
@@ -118,13 +137,15 @@ class ChaosServer(SendGridServer):
         self._notes = threading.Lock()
         self.unanswered: set[int] = set()
         self.outcomes: Counter[str] = Counter()
+        self.poster: EventPoster | None = None
 
     def _next_action(self) -> Action | None:
         action = super()._next_action()
         self._current.action, self._current.ids = action, set()
         kind = ("ok" if action is None or action == Action() else
                 "429" if action.status == 429 else "5xx" if action.status else
-                "timeout" if action.delay else "drop")
+                "timeout" if action.delay else "drop before body" if action.before_body else
+                "drop after accepting" if action.accepted else "drop after reading")
         with self._notes:
             self.outcomes[kind] += 1
         return action
@@ -150,7 +171,12 @@ class ChaosServer(SendGridServer):
             unanswered, outcomes = sorted(self.unanswered), dict(self.outcomes)
         rows = [(int(e.custom_args.get("delivery_id", 0)), e.email, e.subject, e.message_id)
                 for e in self.ledger]
-        return {"ledger": rows, "unanswered": unanswered, "outcomes": outcomes}
+        poster = self.poster
+        events = ({"posted": poster.posted, "repeated": poster.repeated,
+                   "failed posts": poster.failures, "waiting": len(poster.pending)}
+                  if poster else {})
+        return {"ledger": rows, "unanswered": unanswered, "outcomes": outcomes,
+                "events": events}
 
 
 class _ChaosHandler(_Handler):
@@ -171,8 +197,15 @@ class _ChaosHandler(_Handler):
     def do_POST(self) -> None:
         sg = self.server.sg
         assert isinstance(sg, ChaosServer)
-        if self.path == "/_chaos/config":
-            sg.chaos(**json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        if self.path.startswith("/_chaos/"):
+            data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path == "/_chaos/config":
+                sg.chaos(**data)
+            elif self.path == "/_chaos/fail":
+                sg.fail_next(**data)
+            elif self.path == "/_chaos/events" and sg.poster is None:
+                sg.poster = EventPoster(sg.take_events, data["url"], data["key"],
+                                        seed=data.get("seed")).start()
             self._json(200, {})
             return
         super().do_POST()
@@ -208,25 +241,38 @@ class ServerProcess:
     def chaos(self, **settings: Any) -> None:
         self._call("/_chaos/config", settings)
 
+    def fail_next(self, **settings: Any) -> None:
+        self._call("/_chaos/fail", settings)
+
+    def post_events(self, url: str, key: str, seed: int) -> None:
+        self._call("/_chaos/events", {"url": url, "key": key, "seed": seed})
+
     def report(self) -> dict[str, Any]:
         return dict(self._call("/_chaos/report"))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(timeout=10)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def serve(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="The chaos SendGrid server.")
     parser.add_argument("--late-after", type=float, required=True)
     args = parser.parse_args(argv)
-    server = ChaosServer(api_key=API_KEY, rate_limit=1_000_000, late_after=args.late_after)
+    server = ChaosServer(api_key=API_KEY, rate_limit=1_000_000, late_after=args.late_after,
+                         events=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()
     print(server.url, flush=True)
     stop.wait()
+    if server.poster is not None:
+        server.poster.stop(flush=False, wait=2.0)
     server.stop()
 
 
@@ -353,19 +399,26 @@ def run_chaos(make_app: Callable[..., Flask], settings: ChaosSettings, workdir: 
     """Run the scenario on the database ``make_app(**overrides)`` builds an app for."""
     seed = settings.seed if settings.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
+    private_pem, public_key = new_key()
+    settings = replace(settings, webhook_public_key=public_key)
     server = ServerProcess(late_after=settings.sendgrid_timeout * 0.9)
     workers: Workers | None = None
+    web: Any = None
     try:
         app = make_app(**settings.app_overrides(server.url))
+        # The app's own webhook endpoint, where the server posts its events.
+        web = make_server("127.0.0.1", 0, app, threaded=True,
+                          request_handler=_QuietHandler)
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        server.post_events(f"http://127.0.0.1:{web.server_port}/webhooks/sendgrid",
+                           private_pem, seed)
         with app.app_context():
             lessons = len(current_course().lessons)
         report = ChaosReport(subscribers=settings.subscribers, lessons=lessons, seed=seed,
                              backend=app.config["SQLALCHEMY_DATABASE_URI"].split(":")[0],
                              stale_seconds=settings.stale_seconds)
         seed_subscribers(app, settings.subscribers)
-        server.chaos(p429=settings.p429, p5xx=settings.p5xx, ptimeout=settings.ptimeout,
-                     pdrop=settings.pdrop, timeout_delay=settings.sendgrid_timeout + 0.5,
-                     reset_in=settings.reset_in, seed=seed)
+        server.chaos(**_faults(settings, seed))
         (workdir / "instance").mkdir(parents=True, exist_ok=True)
         workers = Workers(worker_env(app, settings, workdir), workdir, settings.workers)
         _drive(app, settings, server, workers, rng, report, say)
@@ -376,9 +429,12 @@ def run_chaos(make_app: Callable[..., Flask], settings: ChaosSettings, workdir: 
             workers.stop()
             report.worker_deaths = list(workers.deaths)
         server.stop()
+        if web is not None:
+            web.shutdown()
     report.ledger = [LedgerRow(*row) for row in seen["ledger"]]
     report.outcomes = Counter(seen["outcomes"])
     report.unanswered = set(seen["unanswered"])
+    report.events = dict(seen.get("events") or {})
     with app.app_context():
         report.deliveries = [DeliveryRow(*r) for r in db.session.execute(
             select(Delivery.id, Delivery.subscriber_id, Subscriber.email, Delivery.position,
@@ -399,6 +455,18 @@ def run_chaos(make_app: Callable[..., Flask], settings: ChaosSettings, workdir: 
     return report
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # thousands of webhook posts: the summary counts them
+
+
+def _faults(settings: ChaosSettings, seed: int) -> dict[str, Any]:
+    return dict(p429=settings.p429, p5xx=settings.p5xx, ptimeout=settings.ptimeout,
+                pdrop=settings.pdrop, pdrop_early=settings.pdrop_early,
+                timeout_delay=settings.sendgrid_timeout + 0.5, reset_in=settings.reset_in,
+                seed=seed)
+
+
 def _drive(app: Flask, settings: ChaosSettings, server: ServerProcess, workers: Workers,
            rng: random.Random, report: ChaosReport, say: Callable[[str], None]) -> None:
     total = settings.subscribers * report.lessons
@@ -407,6 +475,7 @@ def _drive(app: Flask, settings: ChaosSettings, server: ServerProcess, workers: 
     t0 = time.monotonic()
     next_say = t0
     calm = False
+    outage_until: float | None = None
     while True:
         now = time.monotonic()
         report.duration = now - t0
@@ -422,9 +491,11 @@ def _drive(app: Flask, settings: ChaosSettings, server: ServerProcess, workers: 
             active = db.session.scalar(select(func.count()).where(
                 Subscriber.status == Status.ACTIVE)) or 0
             db.session.remove()
-        settled = states.get(DeliveryStatus.SENT, 0) + states.get(DeliveryStatus.UNKNOWN, 0)
+        settled = states.get(DeliveryStatus.SENT, 0) + states.get(DeliveryStatus.UNCONFIRMED, 0)
         in_flight = states.get(DeliveryStatus.QUEUED, 0) + states.get(DeliveryStatus.SENDING, 0)
-        if active == 0 and in_flight == 0:
+        if active == 0 and in_flight == 0 and not states.get(DeliveryStatus.UNCONFIRMED):
+            if report.calm_after is not None:
+                report.settle_seconds = report.duration - report.calm_after
             return
         if now >= next_say:
             jobs = Redis.from_url(app.config["REDIS_URL"]).llen(f"rq:queue:{MAIL_QUEUE}")
@@ -435,13 +506,30 @@ def _drive(app: Flask, settings: ChaosSettings, server: ServerProcess, workers: 
             time.sleep(settings.tick_every)
             continue
         progress = settled / total
+        if outage_until is None and progress >= settings.outage_at:
+            server.chaos(p5xx=1.0, seed=report.seed)
+            outage_until = now + settings.outage_seconds
+            report.outage = settings.outage_seconds
+            say(f"chaos {report.duration:5.1f}s: the provider is down "
+                f"({settings.outage_seconds:.0f} s)")
+        elif outage_until is not None and outage_until > 0 and now >= outage_until:
+            server.chaos(**_faults(settings, report.seed))
+            outage_until = 0.0
+            say(f"chaos {report.duration:5.1f}s: the provider is back")
+        if not report.long_retry_after and outage_until == 0.0 and \
+                progress >= settings.retry_after_at:
+            server.fail_next(status=429, retry_after=settings.retry_after)
+            report.long_retry_after = settings.retry_after
+            say(f"chaos {report.duration:5.1f}s: a 429 with Retry-After: "
+                f"{settings.retry_after}")
         if not report.flushes and progress >= flush_at:
             Redis.from_url(app.config["REDIS_URL"]).flushdb()
             report.flushes += 1
             say(f"chaos {report.duration:5.1f}s: Redis flushed")
         if report.kills < len(kill_at) and progress >= kill_at[report.kills]:
             _kill(app, workers, rng, report)
-        if progress >= settings.calm_at and report.kills == len(kill_at):
+        if progress >= settings.calm_at and report.kills == len(kill_at) and \
+                outage_until == 0.0 and report.long_retry_after:
             server.chaos()
             calm = True
             report.calm_after = report.duration
@@ -554,7 +642,10 @@ class ChaosReport:
     stale_seconds: int
     duration: float = 0.0
     timed_out: bool = False
-    calm_after: float | None = None
+    calm_after: float | None = None  # the last fault: after it the provider behaves
+    settle_seconds: float | None = None  # from the last fault until every lesson settled
+    outage: float = 0.0  # seconds the provider was fully down
+    long_retry_after: int = 0  # the Retry-After of the one long 429
     kills: int = 0
     kills_mid_job: int = 0
     jobs_enqueued: int = 0
@@ -566,6 +657,7 @@ class ChaosReport:
     in_flight_at_kills: set[int] = field(default_factory=set)
     unanswered: set[int] = field(default_factory=set)
     outcomes: Counter[str] = field(default_factory=Counter)
+    events: dict[str, int] = field(default_factory=dict)  # what the event poster did
     ledger: list[LedgerRow] = field(default_factory=list)
     deliveries: list[DeliveryRow] = field(default_factory=list)
     subscriber_states: Counter[str] = field(default_factory=Counter)
@@ -573,58 +665,69 @@ class ChaosReport:
     stranded: list[tuple[int, int]] = field(default_factory=list)  # (subscriber, position)
     worker_logs: str = ""
 
+    # -- every lesson counted, from the ledger and the database ---------------------------
+
+    def duplicates(self) -> list[str]:
+        """Lessons the provider accepted more than once: the same address and subject
+        (which a delivery id accepted twice is too), one line per lesson."""
+        per_lesson = Counter((e.email.lower(), e.subject) for e in self.ledger)
+        ids: dict[tuple[str, str], set[int]] = {}
+        for e in self.ledger:
+            ids.setdefault((e.email.lower(), e.subject), set()).add(e.delivery_id)
+        errors = {d.id: f"{d.status}, {d.error[:80]!r}" for d in self.deliveries}
+        return [f"{k[0]} / {k[1]!r}: {n} times (deliveries "
+                f"{[(i, errors.get(i, '?')) for i in sorted(ids[k])]})"
+                for k, n in per_lesson.items() if n > 1]
+
+    def lost(self) -> list[str]:
+        """Lessons never accepted and not queued: whatever the database says of them (sent,
+        failed, cancelled), and lessons never created for a subscriber."""
+        accepted = {e.delivery_id for e in self.ledger}
+        waiting = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.UNCONFIRMED)
+        out = [f"delivery {d.id} ({d.status})" for d in self.deliveries
+               if d.id not in accepted and d.status not in waiting]
+        positions: dict[int, set[int]] = {}
+        for d in self.deliveries:
+            positions.setdefault(d.subscriber_id, set()).add(d.position)
+        full = set(range(1, self.lessons + 1))
+        out += [f"subscriber {s}: lessons {sorted(full - p)} never created"
+                for s, p in positions.items() if p != full]
+        missing = self.subscribers - len(positions)
+        if missing > 0:
+            out.append(f"{missing} subscribers have no delivery at all")
+        return out
+
+    def unresolved(self) -> list[str]:
+        """Lessons still unconfirmed at the end."""
+        return [f"delivery {d.id}" for d in self.deliveries
+                if d.status == DeliveryStatus.UNCONFIRMED]
+
     def problems(self) -> list[str]:
         """Every broken promise, in words; empty when the run kept them all."""
         out: list[str] = []
         if self.timed_out:
             out.append(f"not finished within the deadline ({self.duration:.0f} s)")
         by_id = {d.id: d for d in self.deliveries}
-        per_delivery = Counter(e.delivery_id for e in self.ledger)
-        per_lesson = Counter((e.email.lower(), e.subject) for e in self.ledger)
         ledger_ids = {e.delivery_id: e for e in self.ledger}
-        # (a) nobody got the same lesson twice, by delivery id or by address and subject
-        out += _some("sent more than once (delivery id: times)",
-                     (f"{i}: {n}" for i, n in per_delivery.items() if n > 1))
-        out += _some("same subject to the same address more than once",
-                     (f"{k}: {n}" for k, n in per_lesson.items() if n > 1))
+        out += _some("duplicates (accepted more than once)", self.duplicates())
+        out += _some("lost (never accepted and not queued)", self.lost())
+        out += _some("unresolved (still unconfirmed at the end)", self.unresolved())
         out += _some("accepted by the provider but not in the database",
-                     (str(i) for i in per_delivery if i not in by_id))
+                     (str(i) for i in ledger_ids if i not in by_id))
         out += _some("accepted for another address than the delivery's",
                      (str(i) for i, e in ledger_ids.items()
                       if i in by_id and e.email.lower() != by_id[i].email.lower()))
-        # (b) every lesson exactly once per subscriber; an unknown one at most once
-        positions: dict[int, set[int]] = {}
-        for d in self.deliveries:
-            positions.setdefault(d.subscriber_id, set()).add(d.position)
-        full = set(range(1, self.lessons + 1))
-        out += _some("subscribers missing lessons (id: missing)",
-                     (f"{s}: {sorted(full - p)}" for s, p in positions.items() if p != full))
-        if len(positions) != self.subscribers:
-            out.append(f"{self.subscribers - len(positions)} subscribers have no delivery")
         sent = [d for d in self.deliveries if d.status == DeliveryStatus.SENT]
-        out += _some("sent in the database, not exactly once in the ledger",
-                     (f"{d.id}: {per_delivery[d.id]}" for d in sent if per_delivery[d.id] != 1))
         out += _some("sent, with another provider message id than the request that took it",
-                     (str(d.id) for d in sent if d.id in ledger_ids
+                     (str(d.id) for d in sent if d.id in ledger_ids and d.message_id
                       and ledger_ids[d.id].message_id != d.message_id))
-        # (c) unknown only where a kill or an unanswered request explains it
-        unknown = [d for d in self.deliveries if d.status == DeliveryStatus.UNKNOWN]
-        out += _some("unknown, swept as stale, but in flight at no kill",
-                     (str(d.id) for d in unknown
-                      if d.error.startswith(SWEPT) and d.id not in self.in_flight_at_kills))
-        out += _some("unknown for want of an answer, but every request for it was answered",
-                     (str(d.id) for d in unknown
-                      if d.error.startswith(NO_ANSWER) and d.id not in self.unanswered))
-        out += _some("unknown for another reason (id: error)",
-                     (f"{d.id}: {d.error[:120]}" for d in unknown
-                      if not d.error.startswith((SWEPT, NO_ANSWER))))
-        # (d) nothing lost: everyone finished, nothing stuck or failed
-        stuck = Counter(d.status for d in self.deliveries
-                        if d.status not in (DeliveryStatus.SENT, DeliveryStatus.UNKNOWN))
+        out += _some("accepted by the provider, not sent in the database (id: status)",
+                     (f"{i}: {by_id[i].status}" for i in ledger_ids
+                      if i in by_id and by_id[i].status != DeliveryStatus.SENT))
+        stuck = Counter(d.status for d in self.deliveries if d.status in (
+            DeliveryStatus.QUEUED, DeliveryStatus.SENDING))
         if stuck:
-            out.append(f"deliveries neither sent nor unknown: {dict(stuck)}")
-        out += _some("failed (id: error)", (f"{d.id}: {d.error[:120]}" for d in self.deliveries
-                                            if d.status == DeliveryStatus.FAILED))
+            out.append(f"deliveries not sent at the end: {dict(stuck)}")
         if set(self.subscriber_states) - {Status.FINISHED}:
             out.append(f"subscribers not finished: {dict(self.subscriber_states)}")
         out += _some("stranded subscribers: active, nothing due, nothing in flight "
@@ -633,20 +736,14 @@ class ChaosReport:
 
     def summary(self) -> str:
         states = Counter(d.status for d in self.deliveries)
-        unknown = [d for d in self.deliveries if d.status == DeliveryStatus.UNKNOWN]
-        in_ledger = {e.delivery_id for e in self.ledger}
-        swept = [d for d in unknown if d.error.startswith(SWEPT)]
-        swept_out = sum(d.id in in_ledger for d in swept)
-        unanswered_out = sum(d.id in in_ledger for d in unknown) - swept_out
         calm = f"{self.calm_after:.1f} s" if self.calm_after is not None else "never"
+        settle = (f"{self.settle_seconds:.1f} s" if self.settle_seconds is not None
+                  else "not settled")
         return "\n".join([
             f"chaos run on {self.backend}: {self.subscribers} subscribers x {self.lessons} "
             f"lessons, seed {self.seed}, {self.duration:.1f} s"
             + (" (TIMED OUT)" if self.timed_out else ""),
             f"  lessons sent: {states[DeliveryStatus.SENT]}, ledger entries: {len(self.ledger)}",
-            f"  unknown: {len(unknown)}: {len(swept)} left sending by a kill ({swept_out} had "
-            f"reached the provider), {len(unknown) - len(swept)} in unanswered requests "
-            f"({unanswered_out} had reached it)",
             f"  bounds: {len(self.in_flight_at_kills)} in flight at kills, "
             f"{len(self.unanswered)} in unanswered requests",
             f"  kills: {self.kills} ({self.kills_mid_job} mid-job), unexpected worker exits: "
@@ -654,10 +751,19 @@ class ChaosReport:
             f"{self.stale_seconds} s",
             f"  ticks: {dict(self.ticks)}, tick errors: {len(self.tick_errors)}; "
             f"{self.deliveries_enqueued} deliveries enqueued in {self.jobs_enqueued} jobs",
-            f"  provider answers: {dict(self.outcomes)}; calm after {calm}",
+            f"  provider answers: {dict(self.outcomes)}; full outage {self.outage:.0f} s; "
+            f"a 429 with Retry-After: {self.long_retry_after}",
+            f"  events posted to the webhook: {self.events}",
+            f"  last fault at {calm}; everything settled {settle} after it",
             f"  deliveries: {dict(states)}; subscribers: {dict(self.subscriber_states)}",
         ] + [f"  tick error: {e}" for e in Counter(self.tick_errors)]
           + [f"  worker exit: {e}" for e in Counter(self.worker_deaths)])
+
+    def counts(self) -> str:
+        """The three figures, one per line: what ``bench/chaos.py`` ends with."""
+        return "\n".join([f"duplicates: {len(self.duplicates())}",
+                          f"lost: {len(self.lost())}",
+                          f"unresolved: {len(self.unresolved())}"])
 
 
 def _some(what: str, items: Iterable[str], limit: int = 10) -> list[str]:

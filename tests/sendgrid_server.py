@@ -10,7 +10,12 @@ Tests and benchmarks point the SendGrid backend's ``host`` at it::
 
 Every accepted request adds one :class:`LedgerEntry` per recipient, so a test can see
 what the provider really took, including when the client never heard back
-(:meth:`SendGridServer.delay_next`, :meth:`SendGridServer.drop_next`). Entries keep the
+(:meth:`SendGridServer.delay_next`, :meth:`SendGridServer.drop_next`: a connection
+dropped before the body is read, after it is read, or after the request was accepted).
+With ``events=True`` each accepted recipient also yields SendGrid Event Webhook events
+(``processed``, then ``delivered``) carrying its ``custom_args``:
+:meth:`SendGridServer.take_events` hands them over, and ``tests/sendgrid_webhook.py``
+posts them signed, late, in batches and some twice, as SendGrid does. Entries keep the
 request's content and the recipient's substitutions and fill them in only when read,
 which keeps the server cheap under a benchmark. ``python -m tests.sendgrid_server``
 runs one in the foreground; ``GET /_stats`` then reports the ledger's counts.
@@ -55,6 +60,8 @@ class Action:
     delay: float = 0.0  # accept, then answer after this many seconds
     drop: bool = False  # close the connection without answering
     accepted: bool = True  # for drop: was the request ledgered before the drop?
+    before_body: bool = False  # for drop: close before reading the body at all
+    retry_after: float | None = None  # for an error status: a Retry-After header
 
 
 @dataclass
@@ -63,6 +70,7 @@ class Chaos:
     p5xx: float = 0.0
     ptimeout: float = 0.0
     pdrop: float = 0.0
+    pdrop_early: float = 0.0  # dropped before the body is read
     timeout_delay: float = 2.0
     reset_in: float = 1.0
     rng: random.Random = field(default_factory=random.Random)
@@ -74,6 +82,7 @@ class Chaos:
             (self.p5xx, Action(status=self.rng.choice((500, 502, 503, 504)))),
             (self.ptimeout, Action(delay=self.timeout_delay)),
             (self.pdrop, Action(drop=True, accepted=self.rng.random() < 0.5)),
+            (self.pdrop_early, Action(drop=True, accepted=False, before_body=True)),
         ):
             if roll < p:
                 return action
@@ -86,9 +95,10 @@ class SendGridServer:
 
     def __init__(self, *, api_key: str | None = None, forbidden_keys: tuple[str, ...] = (),
                  latency: float = 0.0, rate_limit: int = 10_000, rate_window: float = 1.0,
-                 record_bodies: bool = False, port: int = 0):
+                 record_bodies: bool = False, events: bool = False, port: int = 0):
         self.api_key, self.forbidden_keys = api_key, set(forbidden_keys)
         self.latency, self.record_bodies = latency, record_bodies
+        self.keep_events = events  # gather Event Webhook events for take_events
         self.rate_limit, self.rate_window = rate_limit, rate_window
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -97,6 +107,7 @@ class SendGridServer:
         self._ledger: list[LedgerEntry] = []
         self._counts: Counter[str] = Counter()
         self._requests: list[RequestRecord] = []
+        self._events: list[dict[str, Any]] = []
         self._window_start, self._window_used = 0.0, 0
         self._httpd = _HTTPServer(("127.0.0.1", port), _Handler)
         self._httpd.sg = self
@@ -130,9 +141,10 @@ class SendGridServer:
     # -- scripting ------------------------------------------------------------------------
 
     def fail_next(self, status: int, *, reset_in: float = 1.0, message: str | None = None,
-                  times: int = 1) -> None:
+                  retry_after: float | None = None, times: int = 1) -> None:
         """The next ``times`` requests get this error status; nothing is accepted."""
-        self._push(Action(status=status, reset_in=reset_in, message=message), times)
+        self._push(Action(status=status, reset_in=reset_in, message=message,
+                          retry_after=retry_after), times)
 
     def pass_next(self, *, times: int = 1) -> None:
         """Answer the next requests normally: scripts a failure for the one after."""
@@ -142,23 +154,25 @@ class SendGridServer:
         """Accept (and ledger) the next requests at once, but answer after ``seconds``."""
         self._push(Action(delay=seconds), times)
 
-    def drop_next(self, *, accepted: bool, times: int = 1) -> None:
-        """Close the connection without answering, having ledgered the request or not."""
-        self._push(Action(drop=True, accepted=accepted), times)
+    def drop_next(self, *, accepted: bool, before_body: bool = False, times: int = 1) -> None:
+        """Close the connection without answering: before reading the body
+        (``before_body``), or after reading it, having ledgered the request or not."""
+        self._push(Action(drop=True, accepted=accepted and not before_body,
+                          before_body=before_body), times)
 
     def chaos(self, *, p429: float = 0.0, p5xx: float = 0.0, ptimeout: float = 0.0,
-              pdrop: float = 0.0, timeout_delay: float = 2.0, reset_in: float = 1.0,
-              seed: int | None = None) -> None:
+              pdrop: float = 0.0, pdrop_early: float = 0.0, timeout_delay: float = 2.0,
+              reset_in: float = 1.0, seed: int | None = None) -> None:
         """Random failures on requests not otherwise scripted; all zero turns chaos off.
 
         A "timeout" is accepted and answered ``timeout_delay`` seconds late (set it above
         the client's timeout); a drop is accepted or not, at even odds."""
         with self._lock:
-            if p429 + p5xx + ptimeout + pdrop == 0:
+            if p429 + p5xx + ptimeout + pdrop + pdrop_early == 0:
                 self._chaos = None
             else:
-                self._chaos = Chaos(p429, p5xx, ptimeout, pdrop, timeout_delay, reset_in,
-                                    random.Random(seed))
+                self._chaos = Chaos(p429, p5xx, ptimeout, pdrop, pdrop_early, timeout_delay,
+                                    reset_in, random.Random(seed))
 
     def _push(self, action: Action, times: int) -> None:
         with self._lock:
@@ -201,8 +215,15 @@ class SendGridServer:
             time.sleep(0.01)
         return self.ledger
 
+    def take_events(self) -> list[dict[str, Any]]:
+        """The Event Webhook events of what was accepted since the last call, in order."""
+        with self._lock:
+            events, self._events = self._events, []
+        return events
+
     def clear(self) -> None:
         with self._lock:
+            self._events.clear()
             self._ledger.clear()
             self._counts.clear()
             self._requests.clear()
@@ -244,6 +265,8 @@ class SendGridServer:
             if entries:
                 self._ledger.extend(entries)
                 self._counts.update(e.email.lower() for e in entries)
+                if self.keep_events:
+                    self._events.extend(_events_for(entries))
 
     def _entries(self, body: dict[str, Any], message_id: str) -> list[LedgerEntry]:
         now = time.time()
@@ -267,6 +290,19 @@ class SendGridServer:
                         substitutions=subs, raw_subject=subject, content=content,
                     ))
         return entries
+
+
+def _events_for(entries: list[LedgerEntry]) -> list[dict[str, Any]]:
+    """What SendGrid's Event Webhook says of accepted recipients: ``processed``, then
+    ``delivered``, each with the personalization's ``custom_args`` as top-level keys."""
+    out = []
+    for n, e in enumerate(entries):
+        for kind in ("processed", "delivered"):
+            out.append({**e.custom_args, "email": e.email, "event": kind,
+                        "timestamp": int(e.at), "sg_message_id":
+                        f"{e.message_id}.filter0001.{n}.0",
+                        "sg_event_id": secrets.token_urlsafe(16)})
+    return out
 
 
 def _sandbox(body: dict[str, Any]) -> bool:
@@ -305,16 +341,26 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         sg = self.server.sg
+        if self.path.split("?")[0].rstrip("/") == "/v3/mail/send":
+            action = sg._next_action() or Action()
+            if action.drop and action.before_body:
+                # Hung up on without a byte of the body read: nothing can be accepted.
+                sg._record(RequestRecord(None, 0, False, time.time()))
+                self.close_connection = True
+                return
+        else:
+            action = Action()
         raw, too_large = self._read_body()
         if raw is None:
             return
-        action = sg._next_action() or Action()
         if sg.latency:
             sg._stopping.wait(sg.latency)
         if action.status is not None:
             _, limits = sg._rate_headers(consume=False)
             if action.status == 429:
                 limits = sg._limit_headers(0, time.time() + action.reset_in)
+            if action.retry_after is not None:
+                limits = {**limits, "Retry-After": str(int(action.retry_after))}
             sg._record(RequestRecord(action.status, 0, False, time.time()))
             message = action.message or DEFAULT_MESSAGES.get(action.status, "error")
             self._json(action.status, _errors(message), limits)

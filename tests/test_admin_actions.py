@@ -254,7 +254,7 @@ def test_resend_of_failed_and_unknown_lessons_and_what_is_refused(app, admin):
     with app.app_context():
         sub_id = add_subscriber("mixed@example.com", next_position=4, next_send_at=None).id
         failed = add_delivery(sub_id, 1, DeliveryStatus.FAILED, error="550 refused").id
-        unknown = add_delivery(sub_id, 2, DeliveryStatus.UNKNOWN).id
+        unknown = add_delivery(sub_id, 2, DeliveryStatus.UNCONFIRMED).id
         busy = add_delivery(sub_id, 3, DeliveryStatus.SENDING, claimed_at=utcnow()).id
     assert "queued again (it was failed)" in flashed(admin, post(admin, sub_id, "resend",
                                                                  position="1"))
@@ -264,21 +264,26 @@ def test_resend_of_failed_and_unknown_lessons_and_what_is_refused(app, admin):
         admin, post(admin, sub_id, "resend", position="3", confirm="not-delivered"))
     assert "was never sent to them" in flashed(admin, post(admin, sub_id, "resend",
                                                             position="5"))
-    assert "queued again (it was unknown)" in flashed(
+    assert "queued again (it was unconfirmed)" in flashed(
         admin, post(admin, sub_id, "resend", position="2", confirm="not-delivered"))
     assert deliveries(app, sub_id) == [(failed, 1, "queued"), (unknown, 2, "queued"),
                                        (busy, 3, "sending")]
     assert [(a, d["position"], d["was"]) for a, _, d in audit(app, sub_id)] == [
-        ("resend", 1, "failed"), ("resend", 2, "unknown")]
+        ("resend", 1, "failed"), ("resend", 2, "unconfirmed")]
 
 
-def test_a_lesson_is_resent_only_to_an_active_subscriber(app, admin):
+def test_a_lesson_is_resent_to_anyone_who_takes_mail_never_to_the_unsubscribed(app, admin):
     with app.app_context():
-        sub_id = add_subscriber("held@example.com", status=Status.PAUSED).id
-        add_delivery(sub_id, 1, DeliveryStatus.FAILED)
-    assert "They are paused: a lesson can be sent again only to an active subscriber." in (
-        flashed(admin, post(admin, sub_id, "resend", position="1")))
-    assert deliveries(app, sub_id)[0][2] == "failed" and audit(app, sub_id) == []
+        gone = add_subscriber("gone@example.com", status=Status.UNSUBSCRIBED).id
+        add_delivery(gone, 1, DeliveryStatus.FAILED)
+        done = add_subscriber("done@example.com", status=Status.FINISHED).id
+        add_delivery(done, 1, DeliveryStatus.FAILED)
+    assert "They are unsubscribed: no lesson can be sent to them." in (
+        flashed(admin, post(admin, gone, "resend", position="1")))
+    assert deliveries(app, gone)[0][2] == "failed" and audit(app, gone) == []
+    assert "queued again (it was failed)" in flashed(admin, post(admin, done, "resend",
+                                                                 position="1"))
+    assert deliveries(app, done)[0][2] == "queued"
 
 
 # --- move to lesson N ---------------------------------------------------------------------
@@ -523,18 +528,18 @@ def test_the_subscriber_page_shows_the_log_newest_first_with_who_did_what(app, a
 
 def test_the_lessons_table_offers_a_resend_that_fits_each_delivery(app, admin):
     """Failed: plain resend. Unknown or stuck: only with "I checked". Sent: "Send again"
-    behind its own box. Queued or being sent right now: nothing. Not active: nothing."""
+    behind its own box. Queued or being sent right now: nothing. Taking no mail: nothing."""
     now = utcnow()
     with app.app_context():
         ann = add_subscriber("ann@example.com").id
         add_delivery(ann, 1, DeliveryStatus.FAILED, error="<b>bad</b>")
-        add_delivery(ann, 2, DeliveryStatus.UNKNOWN)
+        add_delivery(ann, 2, DeliveryStatus.UNCONFIRMED)
         add_delivery(ann, 3, DeliveryStatus.QUEUED)
         bob = add_subscriber("bob@example.com").id
         add_delivery(bob, 1, DeliveryStatus.SENDING, claimed_at=now - timedelta(minutes=12))
         add_delivery(bob, 2, DeliveryStatus.SENDING, claimed_at=now - timedelta(minutes=1))
         add_delivery(bob, 3, DeliveryStatus.SENT, sent_at=now)
-        cy = add_subscriber("cy@example.com", status=Status.PAUSED).id
+        cy = add_subscriber("cy@example.com", status=Status.BOUNCED).id
         add_delivery(cy, 1, DeliveryStatus.FAILED)
 
     def row(sub_id: int, position: int) -> str:

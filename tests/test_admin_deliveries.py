@@ -75,7 +75,7 @@ def problems(app: Flask) -> dict[str, int]:
             "failed": add_delivery(ann, 1, DeliveryStatus.FAILED, attempts=1,
                                    claimed_at=now - timedelta(hours=3),
                                    error=f"400 from SendGrid: {EVIL} is not a valid address"),
-            "unknown": add_delivery(ann, 2, DeliveryStatus.UNKNOWN, attempts=1,
+            "unknown": add_delivery(ann, 2, DeliveryStatus.UNCONFIRMED, attempts=1,
                                     claimed_at=now - timedelta(hours=1),
                                     error="no answer from SendGrid: it may have been accepted"),
             "stuck": add_delivery(bob, 1, DeliveryStatus.SENDING, attempts=1,
@@ -122,7 +122,7 @@ def test_a_long_provider_message_is_available_in_full(app, admin):
 
 
 @pytest.mark.parametrize("status, expected", [
-    ("failed", ["failed"]), ("unknown", ["unknown"]), ("sending", ["stuck"]),
+    ("failed", ["failed"]), ("unconfirmed", ["unknown"]), ("sending", ["stuck"]),
     ("", ["stuck", "unknown", "failed"]), ("sent", ["stuck", "unknown", "failed"]),
 ])
 def test_the_list_can_be_filtered_by_status(admin, problems, status, expected):
@@ -169,7 +169,7 @@ def test_nav_and_totals_link_to_the_deliveries_needing_attention(admin, problems
     assert re.search(r'href="/admin/deliveries"[^>]*>Deliveries\s*<span class="count"[^>]*>3<',
                      html)
     assert 'href="/admin/deliveries?status=failed">failed deliveries</a>' in html
-    assert 'href="/admin/deliveries?status=unknown">unknown deliveries</a>' in html
+    assert 'href="/admin/deliveries?status=unconfirmed">unconfirmed deliveries</a>' in html
 
 
 def test_nav_shows_no_count_when_nothing_needs_attention(admin):
@@ -253,7 +253,7 @@ def test_a_bulk_resend_including_an_unknown_one_changes_nothing_without_confirma
     ids = [problems["failed"], problems["unknown"]]
     html = resend_many(admin, ids).get_data(as_text=True)
     assert "Nothing was resent: 1 delivery may already have been delivered" in html
-    assert [delivery(app, i)[0] for i in ids] == [DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN]
+    assert [delivery(app, i)[0] for i in ids] == [DeliveryStatus.FAILED, DeliveryStatus.UNCONFIRMED]
     with app.app_context():
         assert db.session.scalars(db.select(AuditEntry)).all() == []  # refused: no entry
     html = resend_many(admin, ids, **CONFIRM).get_data(as_text=True)
@@ -265,7 +265,7 @@ def test_a_bulk_resend_including_an_unknown_one_changes_nothing_without_confirma
         assert [(e.subscriber_id, e.action, e.admin_email, json.loads(e.detail))
                 for e in entries] == [
             (problems["ann"], "resend", EMAIL, {"position": 1, "was": "failed"}),
-            (problems["ann"], "resend", EMAIL, {"position": 2, "was": "unknown"}),
+            (problems["ann"], "resend", EMAIL, {"position": 2, "was": "unconfirmed"}),
         ]
 
 
@@ -352,7 +352,7 @@ def test_a_resend_for_an_unsubscribed_subscriber_is_flagged(app, admin):
         sub = add_subscriber("gone@example.com", status=Status.UNSUBSCRIBED).id
         add_delivery(sub, 1, DeliveryStatus.FAILED, error="400")
     html = admin.get("/admin/deliveries").get_data(as_text=True)
-    assert "now unsubscribed: a resend will be cancelled" in html
+    assert "now unsubscribed: it cannot be resent" in html
 
 
 # --- sending paused ---------------------------------------------------------------------

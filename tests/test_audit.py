@@ -94,7 +94,7 @@ def test_entries_for_lists_one_subscribers_entries_newest_first_in_words(app):
         other_id = add_subscriber("six@example.com").id
         for day, (action, detail) in enumerate([
             ("pause", {"cancelled": 0}),
-            ("resend", {"position": 2, "lesson": "two", "was": "unknown"}),
+            ("resend", {"position": 2, "lesson": "two", "was": "unconfirmed"}),
             ("export", {"deliveries": 2, "events": 5}),
         ], start=1):
             with time_machine.travel(datetime(2026, 3, day, 9, 0, tzinfo=UTC), tick=False):
@@ -104,10 +104,10 @@ def test_entries_for_lists_one_subscribers_entries_newest_first_in_words(app):
         lines = audit.entries_for(sub_id)
         assert [(line.created_at.day, line.action, line.words) for line in lines] == [
             (3, "export", "Exported their data (2 deliveries, 5 events)"),
-            (2, "resend", "Queued lesson 2 again (it was unknown)"),
+            (2, "resend", "Queued lesson 2 again (it was unconfirmed)"),
             (1, "pause", "Paused lessons"),
         ]
-        assert lines[1].detail == {"position": 2, "lesson": "two", "was": "unknown"}
+        assert lines[1].detail == {"position": 2, "lesson": "two", "was": "unconfirmed"}
 
 
 @pytest.mark.parametrize(("action", "detail", "words"), [

@@ -171,7 +171,7 @@ def test_redis_flushed_mid_flight_loses_nothing(app, outbox, redis_conn):
     assert len(outbox) == 3
 
 
-def test_a_delivery_stuck_sending_after_a_crash_becomes_unknown_and_is_not_resent(app, outbox):
+def test_a_worker_dead_before_writing_its_request_leaves_the_lesson_queued_again(app, outbox):
     with app.app_context():
         sub_id = add_subscriber("stuck@example.com").id
         pipeline.tick(enqueue=lambda ids: None)
@@ -187,17 +187,45 @@ def test_a_delivery_stuck_sending_after_a_crash_becomes_unknown_and_is_not_resen
             assert [d.id for d in pipeline.stuck_sending()] == [delivery_id]
             assert deliveries()[0].status == DeliveryStatus.SENDING
             # Within the stale window the tick leaves it alone (the job could still run)...
-            assert pipeline.tick().unknown == 0
+            assert pipeline.tick().unconfirmed == 0
     stale = utcnow() + timedelta(seconds=app.config["SENDING_STALE_SECONDS"] + 1)
     with time_machine.travel(stale):
         with app.app_context():
-            # ...past it, the delivery is unknown, and the subscriber moves on.
-            assert pipeline.tick().unknown == 1
+            # ...past it: no request was written, so it never left and is queued again.
+            assert pipeline.tick().unconfirmed == 0
             (delivery,) = deliveries()
-            assert delivery.status == DeliveryStatus.UNKNOWN
-            assert "may or may not have gone out" in delivery.error
+            assert (delivery.status, delivery.attempts) == (DeliveryStatus.QUEUED, 0)
+        run_jobs(app)
+        with app.app_context():
+            assert deliveries()[0].status == DeliveryStatus.SENT
+            assert db.session.get(Subscriber, sub_id).next_position == 2
+    assert len(outbox) == 1
+
+
+def test_a_worker_dead_after_writing_its_request_leaves_it_unconfirmed_holding_the_subscriber(
+        app, outbox):
+    from course.send_requests import Journal
+
+    with app.app_context():
+        sub_id = add_subscriber("written@example.com").id
+        pipeline.tick(enqueue=lambda ids: None)
+        (delivery,) = deliveries()
+        delivery_id = delivery.id
+        pipeline.claim([delivery_id], utcnow())
+        journal = Journal(utcnow())
+        journal.begin([delivery_id])
+        journal.written()  # the request went out; then the worker was killed
+    stale = utcnow() + timedelta(seconds=app.config["SENDING_STALE_SECONDS"] + 1)
+    with time_machine.travel(stale):
+        with app.app_context():
+            assert pipeline.tick().unconfirmed == 1
+            (delivery,) = deliveries()
+            assert delivery.status == DeliveryStatus.UNCONFIRMED
+            assert delivery.request_id == journal.request_id
+            assert "may have been accepted" in delivery.error
             sub = db.session.get(Subscriber, sub_id)
-            assert sub.next_position == 2 and sub.next_send_at is not None
+            # Held at that lesson: nothing later is scheduled past it.
+            assert sub.next_position == 1 and sub.next_send_at is None
         run_jobs(app)
     assert outbox == []
 
@@ -208,7 +236,7 @@ def test_the_admin_can_resend_an_unknown_delivery(app, outbox):
         pipeline.tick(enqueue=lambda ids: None)
         (delivery,) = deliveries()
         pipeline.claim([delivery.id], utcnow())
-        db.session.execute(db.update(Delivery).values(status=DeliveryStatus.UNKNOWN))
+        db.session.execute(db.update(Delivery).values(status=DeliveryStatus.UNCONFIRMED))
         db.session.commit()
         assert pipeline.resend([delivery.id]) == 1
         assert pipeline.resend([delivery.id]) == 0  # already queued again
@@ -217,23 +245,24 @@ def test_the_admin_can_resend_an_unknown_delivery(app, outbox):
     assert len(outbox) == 1
 
 
-def test_provider_unreachable_requeues_then_fails_after_max_attempts(make_app, outbox):
-    app = make_app(MAIL_BACKEND="smtp", SMTP_HOST="127.0.0.1", SMTP_PORT=1, SEND_MAX_ATTEMPTS=2)
-    from course.mail import TransientError
+def test_provider_unreachable_backs_off_and_never_uses_an_attempt(make_app, outbox):
+    from course import sendstate
 
+    app = make_app(MAIL_BACKEND="smtp", SMTP_HOST="127.0.0.1", SMTP_PORT=1, SEND_MAX_ATTEMPTS=2)
     with app.app_context():
         add_subscriber("retry@example.com")
         pipeline.tick(enqueue=lambda ids: None)
         (delivery,) = deliveries()
-        with pytest.raises(TransientError):
-            pipeline.send_deliveries([delivery.id])
-        db.session.expire_all()
-        assert (delivery.status, delivery.attempts) == (DeliveryStatus.QUEUED, 1)
-        assert "cannot connect" in delivery.error
-        with pytest.raises(TransientError):
-            pipeline.send_deliveries([delivery.id])
-        db.session.expire_all()
-        assert (delivery.status, delivery.attempts) == (DeliveryStatus.FAILED, 2)
+        for n in range(1, 5):
+            now = utcnow() + timedelta(hours=n)  # each past the previous backoff
+            assert pipeline.send_deliveries([delivery.id], now) == 0
+            db.session.expire_all()
+            assert (delivery.status, delivery.attempts) == (DeliveryStatus.QUEUED, 0)
+            assert "cannot connect" in delivery.error and delivery.enqueued_at is None
+            held = sendstate.backing_off(now)
+            assert held is not None and held["failures"] == n
+            # While it holds nobody claims, and the tick enqueues nothing.
+            assert pipeline.tick(now, enqueue=lambda ids: pytest.fail("enqueued")).enqueued == 0
 
 
 def test_unsubscribed_before_the_worker_runs_gets_nothing(app, outbox):

@@ -31,7 +31,7 @@ from redis import RedisError
 from sqlalchemy import func
 from werkzeug.wrappers import Response
 
-from .. import dropoff_stats, health, tracking_stats
+from .. import dropoff_stats, health, sendstate, tracking_stats, unconfirmed
 from ..content import current_course
 from ..extensions import db
 from ..models import Status, Subscriber
@@ -334,11 +334,28 @@ def dashboard() -> str:
                          if completions["started"] else None),
         rates=rates,
         pipeline=pipeline,
-        alerts=health.warnings(pipeline, rates),
+        alerts=health.warnings(pipeline, rates) + held_alerts(now),
+        held=unconfirmed.held(now),
         age_text=health.age_text,
         limits={"bounce": health.BOUNCE_LIMIT, "complaint": health.COMPLAINT_LIMIT,
                 "tick": health.TICK_STALE_AFTER},
     )
+
+
+def held_alerts(now: datetime) -> list[health.Alert]:
+    """Unconfirmed lessons past their window (each holds its subscriber) and an outage."""
+    found = []
+    late = unconfirmed.held(now)[1]
+    if late:
+        found.append(health.Alert("held", f"{late} lesson{'' if late == 1 else 's'} held: "
+                                  "sent without an answer and not settled by the provider's "
+                                  "events. Settle each on the Deliveries page."))
+    out = sendstate.backing_off(now)
+    if out is not None:
+        found.append(health.Alert("backoff", "The mail provider is not taking mail (an outage "
+                                  f"or a rate limit): sending waits until {out['until'][:19]} "
+                                  f"UTC ({out.get('reason', '')}). Nothing is lost."))
+    return found
 
 
 @bp.post("/dashboard/refresh")

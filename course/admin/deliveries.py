@@ -1,28 +1,33 @@
-"""Deliveries that need a person (failed, unknown, stuck sending), resending them, and
-lifting a sending pause.
+"""Deliveries that need a person (failed, unconfirmed, stuck sending), settling and
+resending them, and lifting a sending pause.
 
-Nothing here resends on its own (invariant 2): a resend is an admin's POST. An ``unknown``
-or stuck delivery may already be in the subscriber's inbox, so resending one needs an
-explicit "I checked: it was not delivered"; without it nothing changes at all.
+Nothing here resends on its own (invariant 2): a resend is an admin's POST. An
+``unconfirmed`` or stuck delivery may already be in the subscriber's inbox, so resending
+one ("send it again") needs an explicit "I checked: it was not delivered"; without it
+nothing changes at all. "It arrived" settles an unconfirmed one as sent and moves its
+subscriber on. Both are audited. After a resend the page reports what became of it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
-from .. import audit, queue, sendstate
+from .. import audit, queue, sendstate, unconfirmed
 from ..content import current_course
-from ..extensions import db
+from ..extensions import db, id_in
 from ..ids import parse_id
 from ..lessons import Lesson
-from ..models import Delivery
+from ..models import AppState, Delivery, DeliveryStatus
 from ..sending import resend
+from ..timeutil import utcnow
 from . import bp
 from .auth import safe_next
 from .queries import ATTENTION, MAX_ID, MAYBE_DELIVERED, attention_counts, attention_query
@@ -33,6 +38,7 @@ log = logging.getLogger(__name__)
 CONFIRM_FIELD = "confirm"
 CONFIRM_VALUE = "not-delivered"
 MAX_IDS = 5000  # per resend request; a page shows ADMIN_PAGE_SIZE rows
+LAST_RESEND_KEY = "last_resend"  # the ids of the latest resend, for its follow-up
 ID_RE = re.compile(r"[0-9]{1,10}")
 
 
@@ -74,7 +80,44 @@ def deliveries() -> str:
         confirm_field=CONFIRM_FIELD,
         confirm_value=CONFIRM_VALUE,
         any_maybe_delivered=any(row.maybe_delivered for row in rows),
+        followup=resend_followup(),
+        held=unconfirmed.held(utcnow()),
     )
+
+
+def resend_followup() -> dict[str, Any] | None:
+    """What became of the latest resend: how many were requeued, and how many of them are
+    sent, still on their way, failed or unconfirmed now."""
+    row = db.session.get(AppState, LAST_RESEND_KEY)
+    if row is None:
+        return None
+    try:
+        data = json.loads(row.value)
+        ids = [int(i) for i in data["ids"]]
+    except (ValueError, KeyError, TypeError):
+        return None
+    counts: dict[str, int] = {}
+    for start in range(0, len(ids), 1000):
+        for status, n in db.session.execute(
+                db.select(Delivery.status, db.func.count())
+                .where(id_in(Delivery.id, ids[start:start + 1000]))
+                .group_by(Delivery.status)):
+            counts[status] = counts.get(status, 0) + int(n)
+    on_way = counts.get(DeliveryStatus.QUEUED, 0) + counts.get(DeliveryStatus.SENDING, 0)
+    return {"at": str(data.get("at", ""))[:16].replace("T", " "), "requeued": len(ids),
+            "sent": counts.get(DeliveryStatus.SENT, 0), "on_way": on_way,
+            "failed": counts.get(DeliveryStatus.FAILED, 0),
+            "unconfirmed": counts.get(DeliveryStatus.UNCONFIRMED, 0),
+            "cancelled": counts.get(DeliveryStatus.CANCELLED, 0)}
+
+
+def _remember_resend(ids: list[int]) -> None:
+    value = json.dumps({"at": utcnow().isoformat(), "ids": ids})
+    row = db.session.get(AppState, LAST_RESEND_KEY)
+    if row is None:
+        db.session.add(AppState(key=LAST_RESEND_KEY, value=value))
+    else:
+        row.value = value
 
 
 def _ids(field: str) -> list[int]:
@@ -115,7 +158,7 @@ def _resend(ids: list[int]) -> Response:
     risky = [i for i, status in eligible.items() if status in MAYBE_DELIVERED]
     if risky and request.form.get(CONFIRM_FIELD) != CONFIRM_VALUE:
         flash(f"Nothing was resent: {_plural(len(risky), 'delivery', 'deliveries')} may "
-              "already have been delivered (unknown or stuck sending). Check the mail "
+              "already have been delivered (unconfirmed or stuck sending). Check the mail "
               "provider's activity log first, then tick “I checked: it was not delivered” "
               "and try again.", "error")
         return redirect(_back())
@@ -125,11 +168,12 @@ def _resend(ids: list[int]) -> Response:
         # log, in the same transaction as the requeue.
         for delivery_id, subscriber_id, position in requeued:
             audit.record(subscriber_id, "resend", position=position, was=eligible[delivery_id])
+        _remember_resend(sorted(i for i, _, _ in requeued))
 
     count = resend(sorted(eligible), before_commit=audited) if eligible else 0
     skipped = len(set(ids)) - count
     if count:
-        log.warning("admin %s requeued %d deliveries (%d unknown or stuck)",
+        log.warning("admin %s requeued %d deliveries (%d unconfirmed or stuck)",
                     current_user.email, count, len(risky))
         message = (f"{_plural(count, 'delivery was', 'deliveries were')} requeued. "
                    "The tick sends them within a minute.")
@@ -141,11 +185,41 @@ def _resend(ids: list[int]) -> Response:
                        "and the tick was asked to send them now (within a minute at most).")
         if skipped:
             message += (f" {_plural(skipped, 'other was', 'others were')} not: already "
-                        "sent, queued or still being sent.")
+                        "sent, queued or still being sent, or the subscriber unsubscribed, "
+                        "bounced or complained.")
+        message += " This page shows how many of them have gone out since."
         flash(message)
     else:
-        flash("Nothing was requeued: only failed, unknown or stuck deliveries can be resent, "
-              "and these are not (any more).", "error")
+        flash("Nothing was requeued: only failed, unconfirmed or stuck deliveries of "
+              "subscribers who still take mail can be resent, and these are not (any more).",
+              "error")
+    return redirect(_back())
+
+
+@bp.route("/deliveries/arrived", methods=["POST"])
+def deliveries_arrived() -> Response:
+    """"It arrived": the ticked unconfirmed deliveries (or one, ``id``) become sent."""
+    ids = _ids("shown" if request.form.get("scope") == "shown" else "id")
+    if not ids:
+        flash("Nothing was marked: tick the deliveries that arrived first.", "error")
+        return redirect(_back())
+    now = utcnow()
+    rows = {d.id: d for d in db.session.scalars(db.select(Delivery).where(
+        id_in(Delivery.id, ids), Delivery.status == DeliveryStatus.UNCONFIRMED))}
+    changed = unconfirmed.mark_sent(dict.fromkeys(rows, now), now,
+                                    "confirmed by an admin: it arrived")
+    for delivery_id in changed:
+        d = rows[delivery_id]
+        audit.record(d.subscriber_id, "arrived", position=d.position)
+    db.session.commit()
+    if changed:
+        log.warning("admin %s confirmed %d unconfirmed deliveries arrived", current_user.email,
+                    len(changed))
+        flash(f"{_plural(len(changed), 'delivery was', 'deliveries were')} marked sent; "
+              "their subscribers move on to the next lesson.")
+    else:
+        flash("Nothing was marked: only unconfirmed deliveries can be, and these are not "
+              "(any more).", "error")
     return redirect(_back())
 
 

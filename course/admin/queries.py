@@ -22,9 +22,9 @@ from ..tracking_stats import count_opened
 # (a send job is killed after 10 minutes); the same cut-off as ``sending.stuck_sending``.
 STUCK_AFTER = timedelta(minutes=10)
 # What the deliveries page lists, in this order: each needs a person to decide.
-ATTENTION = (DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN, DeliveryStatus.SENDING)
+ATTENTION = (DeliveryStatus.FAILED, DeliveryStatus.UNCONFIRMED, DeliveryStatus.SENDING)
 # Deliveries that may already be in the subscriber's inbox: resent only on confirmation.
-MAYBE_DELIVERED = (DeliveryStatus.UNKNOWN, DeliveryStatus.SENDING)
+MAYBE_DELIVERED = (DeliveryStatus.UNCONFIRMED, DeliveryStatus.SENDING)
 # Primary keys are 32-bit integers; larger ids in a URL or form are simply not found.
 MAX_ID = DB_ID_MAX
 
@@ -249,14 +249,14 @@ def status_counts() -> dict[str, int]:
 
 
 def needs_attention(status: str = "") -> ColumnElement[bool]:
-    """Failed, unknown, or stuck sending (all of them, or those in ``status`` only)."""
+    """Failed, unconfirmed, or stuck sending (all of them, or those in ``status`` only)."""
     stuck = and_(Delivery.status == DeliveryStatus.SENDING,
                  Delivery.claimed_at < utcnow() - STUCK_AFTER)
     if status == DeliveryStatus.SENDING:
         return stuck
     if status in ATTENTION:
         return Delivery.status == status
-    return or_(Delivery.status.in_([DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN]), stuck)
+    return or_(Delivery.status.in_([DeliveryStatus.FAILED, DeliveryStatus.UNCONFIRMED]), stuck)
 
 
 def attention_query(status: str = "") -> Select[tuple[Delivery]]:
@@ -286,8 +286,8 @@ def attention_counts() -> dict[str, int]:
 def resendable(ids: Iterable[int]) -> dict[int, str]:
     """Of ``ids``, the deliveries an admin may resend now, with their status.
 
-    Only failed, unknown and *stuck* sending ones: a delivery a worker is sending right
-    now must not be requeued, or it could go out twice.
+    Only failed, unconfirmed and *stuck* sending ones: a delivery a worker is sending
+    right now must not be requeued, or it could go out twice.
     """
     wanted = sorted({i for i in ids if 0 < i <= MAX_ID})
     if not wanted:

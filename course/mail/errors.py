@@ -2,8 +2,8 @@
 
 | error                 | was anything sent?          | the pipeline should                  |
 | --------------------- | --------------------------- | ------------------------------------- |
-| TransientError        | no (not accepted)           | requeue; retry after ``retry_after``  |
-| UnknownOutcomeError   | maybe (no answer came back) | mark unknown; never resend blindly    |
+| TransientError        | no (not accepted)           | requeue, back off; no attempt used    |
+| UnknownOutcomeError   | maybe (no answer came back) | mark unconfirmed; never resend blindly|
 | PermanentError        | no (request refused)        | fail the deliveries with ``message``  |
 | AuthError             | no (credentials refused)    | requeue and pause all sending         |
 
@@ -45,7 +45,17 @@ class TransientError(MailError):
 
 
 class UnknownOutcomeError(MailError):
-    """The request reached the provider but no answer came back: it may have been sent."""
+    """The request reached the provider but no answer came back: it may have been sent.
+
+    ``in_flight`` is how many recipients, from the first one ``results`` leaves unsettled,
+    were in the request that got no answer; the rest were never tried (SMTP sends one
+    message at a time). None: every unsettled recipient was in it.
+    """
+
+    def __init__(self, message: str, *, results: list[Result | None] | None = None,
+                 in_flight: int | None = None):
+        super().__init__(message, results=results)
+        self.in_flight = in_flight
 
 
 class PermanentError(MailError):

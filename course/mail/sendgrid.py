@@ -6,8 +6,19 @@ in ``custom_args``, which SendGrid echoes back in webhook events. Open and click
 are switched off: we sign and count those ourselves.
 
 Retries are limited to what cannot double-send: 429 and 5xx answers and failures before
-the request was fully sent. Once SendGrid has the request and no answer comes back, the
-outcome is unknown and reported as such, never retried (see :mod:`course.mail.errors`).
+the request was fully sent, and only short ones in the job (up to ``max_wait``); a longer
+wait is the pipeline's to take, for every worker at once. Once the request was written
+and no answer comes back, the outcome is unconfirmed and reported as such, never retried
+(see :mod:`course.mail.errors`).
+
+Where the line falls: the client (``python_http_client``) sends through ``urllib``, whose
+``AbstractHTTPHandler.do_open`` connects (DNS, TCP, TLS) and writes the whole request in
+``HTTPConnection.request`` and wraps any ``OSError`` from it in ``URLError``; only then
+does it read the answer, whose failures (reset, close, read timeout) come out unwrapped.
+So a ``URLError`` means SendGrid cannot have the whole request, and anything else after
+the write may have been accepted. ``on_request`` tells the caller's send journal just
+before each attempt (``"write"``) and after each one known not to be taken
+(``"not_accepted"``), so a worker killed mid-wait leaves a record of what it never sent.
 """
 
 from __future__ import annotations
@@ -55,7 +66,7 @@ class SendGridBackend:
         *,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
-        max_wait: float = 60.0,
+        max_wait: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ):
@@ -65,6 +76,13 @@ class SendGridBackend:
         self.backoff_base, self.backoff_cap, self.max_wait = backoff_base, backoff_cap, max_wait
         self.sleep = sleep
         self.rng = rng or random.Random()
+        # Told "write" just before each attempt and "not_accepted" after one that SendGrid
+        # refused or that never fully left (course/send_requests.py keeps the record).
+        self.on_request: Callable[[str], None] | None = None
+
+    def _tell(self, what: str) -> None:
+        if self.on_request is not None:
+            self.on_request(what)
 
     # -- the batch ------------------------------------------------------------------------
 
@@ -166,12 +184,14 @@ class SendGridBackend:
         attempt = 0
         while True:
             retry_after: float | None = None
+            self._tell("write")
             try:
                 response = self.client.client.mail.send.post(
                     request_body=data, request_headers=JSON_HEADERS, timeout=self.timeout
                 )
                 return str(response.headers.get("X-Message-Id", ""))
             except HTTPError as exc:
+                self._tell("not_accepted")
                 status, text, errors = exc.status_code, *error_text(exc.body)
                 if status in (401, 403):
                     raise AuthError(status, text) from exc
@@ -180,10 +200,12 @@ class SendGridBackend:
                 retry_after = retry_wait(status, exc.headers)
                 reason = f"SendGrid answered {status}: {text}"
             except urllib.error.URLError as exc:
-                # Raised while connecting or sending: SendGrid never had the whole request.
+                # Raised while connecting (refused, DNS, TLS, connect timeout) or writing:
+                # SendGrid never had the whole request.
+                self._tell("not_accepted")
                 reason = f"cannot reach SendGrid: {exc.reason}"
             except (OSError, http.client.HTTPException) as exc:
-                # Raised after the request was sent (read timeout, connection dropped).
+                # Raised after the request was written (read timeout, reset, closed).
                 raise UnknownOutcomeError(
                     f"no answer from SendGrid after sending ({type(exc).__name__}: {exc}); "
                     "it may have been accepted"

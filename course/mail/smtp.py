@@ -45,7 +45,8 @@ class SMTPBackend:
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             if opened:
                 # Lost while a message was in flight: it may have been delivered.
-                raise UnknownOutcomeError(f"connection lost: {exc}", results=results) from exc
+                raise UnknownOutcomeError(f"connection lost: {exc}", results=results,
+                                          in_flight=1) from exc
             raise TransientError(str(exc)) from exc
         finally:
             try:

@@ -1,7 +1,7 @@
 """signup requests: each confirmation link bound to its own signup
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 
 Every signup (and every "send me a new link") becomes a ``signup_request`` row holding
 that signup's address, name, time zone and consent, the nonce its confirmation link
@@ -18,7 +18,7 @@ from alembic import op
 import course.timeutil
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
