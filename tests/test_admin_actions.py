@@ -174,7 +174,7 @@ def test_send_next_now_sends_the_lesson_through_the_worker_ahead_of_its_schedule
         sub_id = add_subscriber("eager@example.com", next_position=2, next_send_at=later).id
         add_delivery(sub_id, 1, DeliveryStatus.SENT, sent_at=utcnow() - timedelta(days=1))
     res = post(admin, sub_id, "send-next")
-    assert "Lesson 2, “The people who like you just as you are”, is due now." in flashed(
+    assert "Lesson 2, “When your life suits them as it is”, is due now." in flashed(
         admin, res)
     assert subscriber(app, sub_id).next_send_at <= utcnow()
     run_jobs(app)  # the action asked for a tick; the tick enqueues the send
