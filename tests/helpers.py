@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from course.extensions import db
@@ -43,3 +45,17 @@ def confirm_path(req: SignupRequest) -> str:
     from course.signup import confirmation_token
 
     return f"/confirm/{confirmation_token(req)}"
+
+
+SHIPPED_COURSE = (Path(__file__).resolve().parent.parent / "lessons"
+                  / "networking-for-career-changers")
+
+
+def copy_shipped_course(tmp_path: Path) -> Path:
+    """A copy of the shipped course, alone in a catalog (``tmp_path/lessons/<slug>/``).
+
+    Returns the course folder; the catalog (``LESSONS_DIR``) is its parent.
+    """
+    target = tmp_path / "lessons" / SHIPPED_COURSE.name
+    shutil.copytree(SHIPPED_COURSE, target)
+    return target
