@@ -56,8 +56,10 @@ def lessons_check(directory: Path | None, only: str | None, production: bool | N
             click.echo(problem, err=True)
         click.echo(f"{len(exc.problems)} problem(s) in {folder}", err=True)
         sys.exit(1)
-    # The app is loaded only for its settings (links, sender): any course will do for that.
-    if not os.environ.get("COURSE"):
+    # The app is loaded only for its settings (links, sender), on the catalog just checked;
+    # any of its courses will do for that, so several and no COURSE do not stop it.
+    os.environ["LESSONS_DIR"] = str(folder)
+    if os.environ.get("COURSE") not in catalog.courses:
         os.environ["COURSE"] = next(iter(catalog.courses))
     too_big = [p for course in catalog.courses.values() for p in personalization_problems(course)]
     if too_big:

@@ -175,3 +175,18 @@ def test_send_days_skipped_dates_and_delay_days_through_a_real_worker_across_dst
     # The course's own Reply-To, on the confirmation and on every lesson.
     assert {m["Reply-To"] for m in outbox} == {"coach@example.org"}
     assert len(outbox) == 8
+
+
+@pytest.mark.parametrize(("send_days", "pace"), [
+    ("[mon, tue, wed, thu, fri]", "One lesson each weekday"),
+    ("[mon, wed, fri]", "One lesson on Mondays, Wednesdays and Fridays"),
+])
+def test_the_course_page_states_the_pace_its_send_days_give(make_app, tmp_path, send_days,
+                                                            pace):
+    course_dir = copy_shipped_course(tmp_path)
+    yml = course_dir / "course.yml"
+    yml.write_text(yml.read_text().replace("skip_weekends: false", f"send_days: {send_days}"))
+    html = make_app(LESSONS_DIR=str(course_dir.parent)).test_client().get("/").get_data(
+        as_text=True)
+    assert f"<span>{pace}</span>" in html and f"{pace}, straight to your inbox." in html
+    assert f"{pace[:1].lower()}{pace[1:]}, after I confirm my address" in html
