@@ -97,6 +97,14 @@ def test_development_reloads_changed_course_files_at_most_once_a_second(tmp_path
                          .replace("slug: already-arrived", "slug: extra"))
         state._checked -= 2
         assert current_course().length == 11
+        # A second course while no COURSE is set: the running one keeps serving, and the
+        # log says what to set before the next start.
+        shutil.copytree(course_dir, course_dir.parent / "second")
+        state._checked -= 2
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="course.content"):
+            assert current_course().slug == SLUG and current_course().length == 11
+        assert "set COURSE to the one to run" in caplog.text
 
 
 def test_production_never_reloads(tmp_path: Path):
