@@ -1,4 +1,4 @@
-"""``flask lessons check`` and ``flask course rehearse``."""
+"""``flask lessons check``, ``flask course list``, ``new`` and ``rehearse``."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from .config import ROOT
-from .lessons import Course, CourseError, load_course
+from .catalog import load_catalog
+from .cli_catalog import DIR_HELP, days_text, lessons_root, list_courses, new_course
+from .lessons import Course, CourseError
 from .lessons_timing import WORDS_PER_MINUTE
 from .mail import MailError
 
@@ -28,42 +29,52 @@ if TYPE_CHECKING:
 
 @click.group("lessons")
 def lessons_cli() -> None:
-    """Work with the course files in lessons/."""
+    """Work with the course files in lessons/<course>/."""
 
 
 @lessons_cli.command("check")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="lessons folder (default: $LESSONS_DIR or ./lessons)")
+              default=None, help=DIR_HELP)
+@click.option("--course", "only", default=None, metavar="SLUG",
+              help="check this course only (default: every course)")
 @click.option("--production/--development", default=None,
               help="check as a public site would (default: from MINICOURSE_ENV)")
-def lessons_check(directory: Path | None, production: bool | None) -> None:
-    """Validate the course file and every lesson; print file:line: problem for each fault.
+def lessons_check(directory: Path | None, only: str | None, production: bool | None) -> None:
+    """Validate every course (or ``--course SLUG``); print file:line: problem for each fault.
 
     Works even when the app itself refuses to start because of the course. A valid course
     is then rendered with the app's settings, and a lesson whose per-recipient data would
     not fit in one SendGrid personalization fails too (``course.lesson_fit``).
     """
-    folder = directory or Path(os.environ.get("LESSONS_DIR") or ROOT / "lessons")
+    folder = lessons_root(directory)
     if production is None:
         production = os.environ.get("MINICOURSE_ENV", "").strip().lower() == "production"
     try:
-        course = load_course(folder, production=production)
+        catalog = load_catalog(folder, production=production, only=only)
     except CourseError as exc:
         for problem in exc.problems:
             click.echo(problem, err=True)
         click.echo(f"{len(exc.problems)} problem(s) in {folder}", err=True)
         sys.exit(1)
-    too_big = personalization_problems(course)
+    # The app is loaded only for its settings (links, sender), on the catalog just checked;
+    # any of its courses will do for that, so several and no COURSE do not stop it.
+    os.environ["LESSONS_DIR"] = str(folder)
+    if os.environ.get("COURSE") not in catalog.courses:
+        os.environ["COURSE"] = next(iter(catalog.courses))
+    too_big = [p for course in catalog.courses.values() for p in personalization_problems(course)]
     if too_big:
         for problem in too_big:
             click.echo(problem, err=True)
         click.echo(f"{len(too_big)} problem(s) in {folder}", err=True)
         sys.exit(1)
-    click.echo(f"ok: {course.title!r}, {course.length} lessons, every {course.cadence_days} "
-               f"day(s) at {course.send_hour:02d}:00 local time")
-    for lesson in course.lessons:
-        click.echo(f"  {lesson.position:>2}. {lesson.slug}: {lesson.subject}")
-    echo_timing(course)
+    for slug, course in catalog.courses.items():
+        click.echo(f"ok: {slug}: {course.title!r}, {course.length} lessons, every "
+                   f"{course.cadence_days} day(s) at {course.send_hour:02d}:00 local time, "
+                   f"{days_text(course)}")
+        for lesson in course.lessons:
+            delay = f" (after {lesson.delay_days} days)" if lesson.delay_days else ""
+            click.echo(f"  {lesson.position:>2}. {lesson.slug}: {lesson.subject}{delay}")
+        echo_timing(course)
 
 
 def echo_timing(course: Course) -> None:
@@ -91,6 +102,8 @@ def personalization_problems(course: Course) -> list[str]:
         app = click.get_current_context().ensure_object(ScriptInfo).load_app()
     except Exception as exc:  # noqa: BLE001 - whatever stops the app, say it in one line
         return [f"cannot measure each recipient's data: the app does not start ({exc})"]
+    except SystemExit:  # wsgi.py has printed why (another course may be broken)
+        return ["cannot measure each recipient's data: the app does not start (see above)"]
     with app.app_context():
         return course_problems(course)
 
@@ -98,6 +111,24 @@ def personalization_problems(course: Course) -> list[str]:
 @click.group("course")
 def course_cli() -> None:
     """Run the course."""
+
+
+@course_cli.command("list")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help=DIR_HELP)
+def course_list(directory: Path | None) -> None:
+    """List every course: slug, title, lessons, cadence and send days."""
+    list_courses(directory)
+
+
+@course_cli.command("new")
+@click.argument("slug")
+@click.option("--title", default=None, help="the course title (default: from the slug)")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help=DIR_HELP)
+def course_new(slug: str, title: str | None, directory: Path | None) -> None:
+    """Create lessons/SLUG/ with a course file and two sample lessons, explained inside."""
+    new_course(slug, directory, title)
 
 
 @course_cli.command("rehearse")

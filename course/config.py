@@ -125,6 +125,8 @@ def load(env: Mapping[str, str], instance_path: Path) -> dict[str, Any]:
         "SMTP_PASSWORD": env.get("SMTP_PASSWORD", ""),
         "SMTP_STARTTLS": _bool(env.get("SMTP_STARTTLS"), default=True),
         "LESSONS_DIR": env.get("LESSONS_DIR") or str(ROOT / "lessons"),
+        # The course this install runs, by slug; needed only when LESSONS_DIR holds several.
+        "COURSE": (env.get("COURSE") or "").strip(),
         "EMAIL_CHECK_DELIVERABILITY": _bool(env.get("EMAIL_CHECK_DELIVERABILITY")),
         "CONFIRM_MAX_AGE": _int(env, "CONFIRM_MAX_AGE", 72 * 3600),
         "SIGNUP_RATE_LIMIT": env.get("SIGNUP_RATE_LIMIT") or "10 per hour",

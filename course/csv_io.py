@@ -21,7 +21,7 @@ from typing import Any
 
 from .lessons import Course
 from .models import Status
-from .schedule import next_send_time, valid_timezone
+from .schedule import next_slot, valid_timezone
 from .signup_input import AddressError, check_address, clean_name
 
 # Excel reads a UTF-8 file as UTF-8 only when it starts with a byte order mark; the
@@ -321,9 +321,4 @@ def validate_row(fields: Mapping[str, str], options: ImportOptions) -> ImportRow
 def first_send_at(now: datetime, timezone: str, course: Course) -> datetime:
     """An imported active subscriber's next lesson: their next local send hour, as after
     a resume (so nobody gets a lesson at 3 a.m. because the import ran then)."""
-    slot = next_send_time(now, timezone, cadence_days=0, send_hour=course.send_hour,
-                          skip_weekends=course.skip_weekends)
-    if slot <= now:
-        slot = next_send_time(now, timezone, cadence_days=1, send_hour=course.send_hour,
-                              skip_weekends=course.skip_weekends)
-    return slot
+    return next_slot(now, timezone, course.rules)

@@ -10,6 +10,7 @@ import hashlib
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,15 +19,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import markdown
 import yaml
 
+from .course_settings import parse_delay_days, parse_links, parse_send_days, parse_skip_dates
 from .lessons_identity import Author, check_sender_name, parse_identity
-from .lessons_timing import (
-    EXERCISE_MAX_MINUTES,
-    CourseTiming,
-    count_words,
-    reading_minutes,
-    span_text,
-    stated_exercise_minutes,
-)
+from .lessons_timing import CourseTiming, check_exercise_minutes, count_words, reading_minutes
+from .schedule import EVERY_DAY, SendRules
 
 COURSE_FILE = "course.yml"
 LESSON_FIELDS = ("slug", "position", "title", "subject", "preheader")
@@ -37,7 +33,6 @@ COURSE_FIELDS = (
     "sender_name",
     "cadence_days",
     "send_hour",
-    "skip_weekends",
     "confirmation_subject",
     "confirmation_intro",
     "welcome",
@@ -63,6 +58,8 @@ class Lesson:
     # Minutes the exercise takes, from the front matter; None when the author gave none.
     exercise_minutes: int | None = None
     words: int = 0
+    # Days after the previous lesson, instead of the course's cadence; None: the cadence.
+    delay_days: int | None = None
 
     @property
     def reading_minutes(self) -> int:
@@ -94,6 +91,25 @@ class Course:
     # until ``max_wait_days`` have passed since it was sent.
     progress_gated: bool = False
     max_wait_days: int = 7
+    # The folder name in the catalog; "" for a course loaded on its own.
+    slug: str = ""
+    reply_to: str = ""  # "" means the global MAIL_REPLY_TO
+    send_days: frozenset[int] = EVERY_DAY  # weekday numbers, Monday 0
+    skip_dates: frozenset[date] = frozenset()
+    skip_yearly: frozenset[tuple[int, int]] = frozenset()
+    # Checked against the catalog; what an enrollment does with them comes later.
+    next_course: str = ""
+    next_course_mode: str = "offer"
+
+    @property
+    def rules(self) -> SendRules:
+        return SendRules(self.cadence_days, self.send_hour, self.send_days, self.skip_dates,
+                         self.skip_yearly)
+
+    def days_before(self, position: int) -> int:
+        """Days lesson ``position`` waits after the one before it."""
+        lesson = self.lesson_at(position)
+        return lesson.delay_days if lesson and lesson.delay_days else self.cadence_days
 
     def lesson_at(self, position: int) -> Lesson | None:
         for lesson in self.lessons:
@@ -152,9 +168,16 @@ def _key_lines(front: str, first_line: int) -> dict[str, int]:
     return found
 
 
+class _TextDates(yaml.SafeLoader):
+    """Dates stay text, so the checks (not PyYAML) judge them: 2026-02-30 gets a line."""
+
+
+_TextDates.add_constructor("tag:yaml.org,2002:timestamp", _TextDates.construct_yaml_str)
+
+
 def _yaml(text: str, name: str, first_line: int, problems: list[str]) -> dict[str, Any] | None:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_TextDates)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = first_line + (mark.line if mark is not None else 0)
@@ -231,6 +254,7 @@ def parse_lesson(path: Path, display: str, problems: list[str]) -> Lesson | None
     if not body.strip():
         problems.append(f"{display}:{body_line}: the lesson has no body")
     exercise = check_exercise_minutes(data, body, display, lines, body_line, problems)
+    delay = parse_delay_days(data, position, display, lines, problems)
     check_links(body, display, body_line, problems)
     try:
         render_markdown(body)
@@ -240,36 +264,7 @@ def parse_lesson(path: Path, display: str, problems: list[str]) -> Lesson | None
         return None
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return Lesson(slug, position, title, subject, preheader, body.strip() + "\n", display, digest,
-                  exercise_minutes=exercise, words=count_words(body))
-
-
-def check_exercise_minutes(data: dict[str, Any], body: str, display: str,
-                           lines: dict[str, int], body_line: int,
-                           problems: list[str]) -> int | None:
-    """``exercise_minutes`` is optional, but when the exercise names a time, the two agree.
-
-    The landing page adds these figures up, so a lesson saying "Give yourself 25 minutes"
-    under a front matter of 15 would make it promise the wrong length.
-    """
-    value = data.get("exercise_minutes")
-    stated = stated_exercise_minutes(body)
-    if value is None:
-        if stated:
-            offset, low, high = stated[0]
-            problems.append(f"{display}:{body_line + offset}: the exercise says "
-                            f"{span_text(low, high)} minutes: add exercise_minutes to the "
-                            "front matter so the course page can count it")
-        return None
-    if (not isinstance(value, int) or isinstance(value, bool)
-            or not 1 <= value <= EXERCISE_MAX_MINUTES):
-        problems.append(f"{display}:{lines['exercise_minutes']}: exercise_minutes must be a "
-                        f"whole number of minutes, 1 to {EXERCISE_MAX_MINUTES}")
-        return None
-    for offset, low, high in stated:
-        if not low <= value <= high:
-            problems.append(f"{display}:{body_line + offset}: the exercise says "
-                            f"{span_text(low, high)} minutes but exercise_minutes is {value}")
-    return value
+                  exercise_minutes=exercise, words=count_words(body), delay_days=delay)
 
 
 def parse_course_file(path: Path, display: str, problems: list[str],
@@ -307,8 +302,9 @@ def parse_course_file(path: Path, display: str, problems: list[str],
     hour = data["send_hour"]
     if not isinstance(hour, int) or isinstance(hour, bool) or not 0 <= hour <= 23:
         problems.append(f"{display}:{lines['send_hour']}: send_hour must be 0 to 23")
-    if not isinstance(data["skip_weekends"], bool):
-        problems.append(f"{display}:{lines['skip_weekends']}: skip_weekends must be true or false")
+    send_days = parse_send_days(data, display, lines, problems)
+    skip_dates, skip_yearly = parse_skip_dates(data, display, lines, problems)
+    links = parse_links(data, display, lines, problems)
     tz = data.get("default_timezone", "UTC")
     try:
         ZoneInfo(str(tz))
@@ -336,7 +332,11 @@ def parse_course_file(path: Path, display: str, problems: list[str],
         outcomes=tuple(outcomes),
         cadence_days=cadence,
         send_hour=hour,
-        skip_weekends=data["skip_weekends"],
+        skip_weekends=send_days == frozenset(range(5)),
+        send_days=send_days,
+        skip_dates=skip_dates,
+        skip_yearly=skip_yearly,
+        **links,
         default_timezone=str(tz),
         progress_gated=gated,
         max_wait_days=max_wait,

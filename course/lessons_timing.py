@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 # A common figure for adults reading on screen; only the rounding is shown to readers.
 WORDS_PER_MINUTE = 230
@@ -88,3 +89,32 @@ class CourseTiming:
     @property
     def exercise_text(self) -> str:
         return span_text(*self.exercise) if self.exercise else ""
+
+
+def check_exercise_minutes(data: dict[str, Any], body: str, display: str,
+                           lines: dict[str, int], body_line: int,
+                           problems: list[str]) -> int | None:
+    """``exercise_minutes`` is optional, but when the exercise names a time, the two agree.
+
+    The landing page adds these figures up, so a lesson saying "Give yourself 25 minutes"
+    under a front matter of 15 would make it promise the wrong length.
+    """
+    value = data.get("exercise_minutes")
+    stated = stated_exercise_minutes(body)
+    if value is None:
+        if stated:
+            offset, low, high = stated[0]
+            problems.append(f"{display}:{body_line + offset}: the exercise says "
+                            f"{span_text(low, high)} minutes: add exercise_minutes to the "
+                            "front matter so the course page can count it")
+        return None
+    if (not isinstance(value, int) or isinstance(value, bool)
+            or not 1 <= value <= EXERCISE_MAX_MINUTES):
+        problems.append(f"{display}:{lines['exercise_minutes']}: exercise_minutes must be a "
+                        f"whole number of minutes, 1 to {EXERCISE_MAX_MINUTES}")
+        return None
+    for offset, low, high in stated:
+        if not low <= value <= high:
+            problems.append(f"{display}:{body_line + offset}: the exercise says "
+                            f"{span_text(low, high)} minutes but exercise_minutes is {value}")
+    return value

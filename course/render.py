@@ -194,7 +194,7 @@ def _render(course: Course, lesson: Lesson, base: str, nonce: str) -> RenderedLe
         text=text,
         from_email=current_app.config["MAIL_FROM"],
         from_name=course.sender_name,
-        reply_to=current_app.config.get("MAIL_REPLY_TO", ""),
+        reply_to=course.reply_to or current_app.config.get("MAIL_REPLY_TO", ""),
         categories=("lesson", lesson.slug),
     )
     return RenderedLesson(template, tuple(links), lesson.content_hash, base, nonce, tracked)
@@ -272,7 +272,7 @@ def confirmation_email(course: Course, *, token: str, email: str) -> tuple[Templ
         text=email_text("email/confirm.txt", **context),
         from_email=current_app.config["MAIL_FROM"],
         from_name=course.sender_name,
-        reply_to=current_app.config.get("MAIL_REPLY_TO", ""),
+        reply_to=course.reply_to or current_app.config.get("MAIL_REPLY_TO", ""),
         categories=("confirmation",),
     )
     return template, Recipient(email=email)

@@ -482,17 +482,16 @@ def _advance(course: Course, sent: list[Claimed], now: datetime) -> None:
     groups: dict[tuple[int, str, int], list[int]] = defaultdict(list)
     for row in sent:
         if row.next_position == row.position:
-            wait = course.cadence_days
+            wait = course.days_before(row.position + 1)
             if course.progress_gated and row.id not in done:
-                wait = max(course.max_wait_days, course.cadence_days)
+                wait = max(course.max_wait_days, wait)
             groups[(row.position, row.timezone, wait)].append(row.subscriber_id)
     if not groups:
         return
     # When each group's next lesson is due; None after the last lesson (finished).
     due: dict[tuple[int, str, int], datetime | None] = {
         (position, zone, wait): None if course.lesson_at(position + 1) is None
-        else next_send_time(now, zone, cadence_days=wait, send_hour=course.send_hour,
-                            skip_weekends=course.skip_weekends)
+        else next_send_time(now, zone, course.rules, days=wait)
         for position, zone, wait in groups}
     if _is_postgres():
         _advance_postgres(groups, due, now)

@@ -24,7 +24,7 @@ from .content import current_course
 from .extensions import affected_rows, db
 from .lessons import Lesson
 from .models import Delivery, DeliveryStatus, Event, OutgoingWebhook, Status, Subscriber
-from .schedule import next_send_time
+from .schedule import next_slot
 from .timeutil import utcnow
 
 # The checkbox values that make a resend deliberate (the first matches the deliveries page).
@@ -62,13 +62,7 @@ def _not_erased(sub: Subscriber) -> None:
 
 def _next_slot(sub: Subscriber, now: datetime) -> datetime:
     """Their next local send hour from now: today's if it is still ahead, else the next."""
-    course = current_course()
-    slot = next_send_time(now, sub.timezone, cadence_days=0, send_hour=course.send_hour,
-                          skip_weekends=course.skip_weekends)
-    if slot <= now:
-        slot = next_send_time(now, sub.timezone, cadence_days=1, send_hour=course.send_hour,
-                              skip_weekends=course.skip_weekends)
-    return slot
+    return next_slot(now, sub.timezone, current_course().rules)
 
 
 def _delivery_of(sub: Subscriber, lesson: Lesson) -> Delivery | None:

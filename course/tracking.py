@@ -204,17 +204,14 @@ def complete_course(subscriber_id: int, course: Course, now: datetime) -> bool:
 
 
 def released_send_time(course: Course, timezone: str, sent_at: datetime,
-                       done_at: datetime) -> datetime:
-    """When a gated lesson goes out once the one before it is done: the next send hour
-    after ``done_at``, but never before the normal cadence after the previous lesson."""
-    def slot(after: datetime, days: int) -> datetime:
-        return next_send_time(after, timezone, cadence_days=days, send_hour=course.send_hour,
-                              skip_weekends=course.skip_weekends)
-
-    normal = slot(sent_at, course.cadence_days)
-    soonest = slot(done_at, 0)
+                       done_at: datetime, position: int) -> datetime:
+    """When gated lesson ``position`` goes out once the one before it is done: the next
+    send slot after ``done_at``, but never before its normal wait (the course's cadence or
+    the lesson's ``delay_days``) after the previous lesson."""
+    normal = next_send_time(sent_at, timezone, course.rules, days=course.days_before(position))
+    soonest = next_send_time(done_at, timezone, course.rules, days=0)
     if soonest < done_at:
-        soonest = slot(done_at, 1)
+        soonest = next_send_time(done_at, timezone, course.rules, days=1)
     return max(normal, soonest)
 
 
@@ -229,7 +226,7 @@ def release_next(delivery: Delivery, course: Course, now: datetime) -> None:
             or sub.status != Status.ACTIVE or sub.next_position != delivery.position + 1):
         return
     zone = sub.timezone if valid_timezone(sub.timezone) else "UTC"
-    when = released_send_time(course, zone, delivery.sent_at, now)
+    when = released_send_time(course, zone, delivery.sent_at, now, delivery.position + 1)
     db.session.execute(
         update(Subscriber)
         .where(Subscriber.id == sub.id, Subscriber.status == Status.ACTIVE,

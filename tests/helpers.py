@@ -61,3 +61,17 @@ def copy_working_tree(dest: Path) -> None:
         if src.is_file():  # a tracked file deleted in the work tree is still listed
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
+
+
+SHIPPED_COURSE = (Path(__file__).resolve().parent.parent / "lessons"
+                  / "networking-for-career-changers")
+
+
+def copy_shipped_course(tmp_path: Path) -> Path:
+    """A copy of the shipped course, alone in a catalog (``tmp_path/lessons/<slug>/``).
+
+    Returns the course folder; the catalog (``LESSONS_DIR``) is its parent.
+    """
+    target = tmp_path / "lessons" / SHIPPED_COURSE.name
+    shutil.copytree(SHIPPED_COURSE, target)
+    return target

@@ -15,7 +15,6 @@ import html as html_lib
 import io
 import json
 import re
-import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from course.extensions import db
 from course.models import Delivery, DeliveryStatus, Event, EventKind, Status, Subscriber
 from course.queue import TICK_QUEUE
 from course.timeutil import utcnow
+from tests.helpers import copy_shipped_course
 
 BROWSER = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 "
            "(KHTML, like Gecko)")
@@ -324,12 +324,11 @@ def test_the_stalled_days_setting_is_used_and_checked(make_app, tmp_path):
 @pytest.fixture
 def linked_app(make_app: Any, tmp_path: Path) -> Flask:
     """The course, with two links in lesson 1 (the shipped lessons have none)."""
-    lessons = tmp_path / "lessons"
-    shutil.copytree(Path(__file__).resolve().parent.parent / "lessons", lessons)
+    lessons = copy_shipped_course(tmp_path)
     first = lessons / "01-skeptics-in-your-corner.md"
     first.write_text(first.read_text() + f"\n\nRead [the guide]({GUIDE}) or "
                      f"[the other one]({OTHER}).\n")
-    return make_app(LESSONS_DIR=str(lessons))
+    return make_app(LESSONS_DIR=str(lessons.parent))
 
 
 def test_clicks_per_link_count_people_and_machines_apart(linked_app):

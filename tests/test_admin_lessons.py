@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import html as html_lib
 import re
-import shutil
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +25,7 @@ from course.mail import personalize
 from course.models import Delivery, DeliveryStatus, Event, EventKind, Status, Subscriber
 from course.render import recipient_for, render_lesson
 from course.timeutil import utcnow
+from tests.helpers import copy_shipped_course
 
 OTHER = "colleague@example.com"
 # A click link has two tokens: the lesson's signed target, then the recipient's.
@@ -173,12 +172,11 @@ def test_the_preview_links_are_refused_and_record_nothing(app, admin):
 
 
 def test_the_lessons_own_links_go_straight_to_their_targets(make_app, tmp_path):
-    lessons = tmp_path / "lessons"
-    shutil.copytree(Path(__file__).resolve().parent.parent / "lessons", lessons)
+    lessons = copy_shipped_course(tmp_path)
     first = next(lessons.glob("01-*.md"))
     first.write_text(first.read_text()
                      + "\nRead [the guide](https://example.org/guide?a=1&b=2).\n")
-    app = make_app(LESSONS_DIR=str(lessons))
+    app = make_app(LESSONS_DIR=str(lessons.parent))
     client = signed_in(app)
     page = client.get("/admin/lessons/1/email.html").get_data(as_text=True)
     assert re.search(r'href="https://example.org/guide\?a=1&b=2"[^>]*>the guide</a>', page)

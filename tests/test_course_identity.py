@@ -4,7 +4,6 @@ privacy page, and each lesson's reading and exercise time, checked with file:lin
 from __future__ import annotations
 
 import secrets
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,15 +13,15 @@ import pytest
 from course import ConfigError, create_app
 from course.lessons import CourseError, load_course
 from course.lessons_timing import count_words, reading_minutes, stated_exercise_minutes
+from tests.helpers import SHIPPED_COURSE, copy_shipped_course
 
 ROOT = Path(__file__).resolve().parent.parent
-LESSONS = ROOT / "lessons"
+LESSONS = SHIPPED_COURSE
 
 
 @pytest.fixture
 def course_dir(tmp_path: Path) -> Path:
-    target = tmp_path / "lessons"
-    shutil.copytree(LESSONS, target)
+    target = copy_shipped_course(tmp_path)
     return target
 
 
@@ -218,7 +217,7 @@ def test_production_app_refuses_a_course_without_a_postal_address(course_dir: Pa
     env = {"MINICOURSE_ENV": "production", "SECRET_KEY": secrets.token_urlsafe(48),
            "BASE_URL": "https://course.example.org", "MAIL_BACKEND": "smtp",
            "SMTP_HOST": "smtp.example.org", "MAIL_FROM": "course@example.org",
-           "LESSONS_DIR": str(course_dir)}
+           "LESSONS_DIR": str(course_dir.parent)}
     with pytest.raises((CourseError, ConfigError)) as info:
         create_app({"ENV": env, "TESTING": True, "SQLALCHEMY_DATABASE_URI": "sqlite://"})
     assert "postal_address is required in production" in str(info.value)
@@ -251,9 +250,10 @@ def test_cli_check_holds_the_course_to_production_rules_when_asked(course_dir: P
     text = course_file.read_text()
     course_file.write_text(text[:text.index("postal_address:")]
                            + text[text.index("# Leave privacy_url out"):])
-    assert run_check("--dir", str(course_dir)).returncode == 0
-    result = run_check("--dir", str(course_dir), "--production")
+    assert run_check("--dir", str(course_dir.parent)).returncode == 0
+    result = run_check("--dir", str(course_dir.parent), "--production")
     assert result.returncode == 1
     assert f"{course_file}:1: postal_address is required in production" in result.stderr
-    from_env = run_check("--dir", str(course_dir), env_extra={"MINICOURSE_ENV": "production"})
+    from_env = run_check("--dir", str(course_dir.parent),
+                         env_extra={"MINICOURSE_ENV": "production"})
     assert from_env.returncode == 1

@@ -5,7 +5,6 @@ Also the public side of the same facts: the landing page, /privacy and the autho
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from course import confirmations, pipeline
 from course.email_layout import plain_emphasis
 from course.models import Status
-from tests.helpers import add_signup_request, add_subscriber
+from tests.helpers import SHIPPED_COURSE, add_signup_request, add_subscriber, copy_shipped_course
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDRESS = "Robin Ellis, 1 Example Street, Bristol BS1 4DJ, United Kingdom"
@@ -142,11 +141,10 @@ def test_lesson_text_part_keeps_bold_and_italics_apart(app, outbox):
 
 def test_raw_html_a_lesson_leaves_unbalanced_still_renders(make_app, outbox, tmp_path):
     """MJML's parser refuses unbalanced HTML; the layout tidies a lesson's HTML first."""
-    lessons = tmp_path / "lessons"
-    shutil.copytree(ROOT / "lessons", lessons)
+    lessons = copy_shipped_course(tmp_path)
     first = next(lessons.glob("01-*.md"))
     first.write_text(first.read_text() + "\n<div><p>An unclosed thought<br>\n\n</span>Done.\n")
-    app = make_app(LESSONS_DIR=str(lessons))
+    app = make_app(LESSONS_DIR=str(lessons.parent))
     html, _ = parts(send_lesson_one(app, outbox))
     assert "An unclosed thought" in html and "Done." in html
     assert html.rstrip().endswith("</html>")
@@ -170,7 +168,7 @@ def test_author_photo_is_served_with_its_type_and_cached(client):
     response = client.get("/author/photo?v=x")
     assert response.status_code == 200
     assert response.mimetype == "image/png"
-    assert response.data == (ROOT / "lessons" / "author.png").read_bytes()
+    assert response.data == (SHIPPED_COURSE / "author.png").read_bytes()
     assert "max-age=604800" in response.headers["Cache-Control"]
     assert response.headers["X-Content-Type-Options"] == "nosniff"
 
@@ -195,12 +193,11 @@ def test_built_in_privacy_page_says_who_what_and_how_to_leave(make_app):
 
 def test_privacy_url_in_the_course_file_replaces_the_built_in_page(make_app, outbox,
                                                                    tmp_path):
-    lessons = tmp_path / "lessons"
-    shutil.copytree(ROOT / "lessons", lessons)
+    lessons = copy_shipped_course(tmp_path)
     course_file = lessons / "course.yml"
     course_file.write_text(course_file.read_text().replace(
         "# privacy_url: https://example.com/privacy", "privacy_url: https://example.org/p"))
-    app = make_app(LESSONS_DIR=str(lessons))
+    app = make_app(LESSONS_DIR=str(lessons.parent))
     response = app.test_client().get("/privacy")
     assert response.status_code == 302
     assert response.headers["Location"] == "https://example.org/p"

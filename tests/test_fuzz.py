@@ -33,13 +33,13 @@ from redis import Redis
 from werkzeug.routing.converters import NumberConverter
 
 from course import create_app, tokens
-from course.config import ROOT
 from course.content import current_course
 from course.extensions import db
 from course.lessons import COURSE_FILE, LESSON_FIELDS, Course, CourseError, load_course
 from course.models import Delivery, DeliveryStatus, SignupRequest, Status, Subscriber
 from course.schedule import valid_timezone
 from course.timeutil import utcnow
+from tests.helpers import SHIPPED_COURSE
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -236,7 +236,7 @@ yaml_values = st.one_of(
     st.sampled_from(["a-slug", "Europe/Paris", "America", "x" * 300, "line\nbreak",
                      "[link](relative/path)", "<https://example.org>", "{", "- x", ": y"]),
 )
-COURSE_BASE = yaml.safe_load((ROOT / "lessons" / COURSE_FILE).read_text(encoding="utf-8"))
+COURSE_BASE = yaml.safe_load((SHIPPED_COURSE / COURSE_FILE).read_text(encoding="utf-8"))
 LESSON_BASE = {"slug": "one", "position": 1, "title": "One", "subject": "One",
                "preheader": "First"}
 

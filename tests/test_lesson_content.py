@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from course.lessons import load_course
+from tests.helpers import SHIPPED_COURSE
 
-LESSONS = Path(__file__).resolve().parent.parent / "lessons"
+LESSONS = SHIPPED_COURSE
 COURSE = load_course(LESSONS)
 
 

@@ -7,7 +7,7 @@ import re
 from course import pipeline
 from course.extensions import db
 from course.models import Delivery
-from tests.helpers import add_subscriber
+from tests.helpers import add_subscriber, copy_shipped_course
 
 
 def send_first_lesson(app, outbox, **sub_kwargs):
@@ -68,14 +68,11 @@ def test_names_are_escaped_in_html_and_kept_out_of_headers(app, outbox):
 
 
 def test_links_in_the_lesson_are_rewritten_to_signed_click_urls(make_app, outbox, tmp_path):
-    import shutil
-    from pathlib import Path
 
-    lessons = tmp_path / "lessons"
-    shutil.copytree(Path(__file__).resolve().parent.parent / "lessons", lessons)
+    lessons = copy_shipped_course(tmp_path)
     first = next(lessons.glob("01-*.md"))
     first.write_text(first.read_text() + "\nRead [the guide](https://example.org/guide?a=1&b=2).\n")
-    app = make_app(LESSONS_DIR=str(lessons))
+    app = make_app(LESSONS_DIR=str(lessons.parent))
     msg, _ = send_first_lesson(app, outbox)
     html, text = parts(msg)
     assert "https://example.org/guide" not in html

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,17 +9,17 @@ from pathlib import Path
 import pytest
 
 from course.lessons import CourseError, load_course
+from tests.helpers import SHIPPED_COURSE, copy_shipped_course
 from tests.outside import need_file
 
 ROOT = Path(__file__).resolve().parent.parent
-LESSONS = ROOT / "lessons"
+LESSONS = SHIPPED_COURSE
 SEED = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "000_541731254e034548.txt"
 
 
 @pytest.fixture
 def course_dir(tmp_path: Path) -> Path:
-    target = tmp_path / "lessons"
-    shutil.copytree(LESSONS, target)
+    target = copy_shipped_course(tmp_path)
     return target
 
 
@@ -134,18 +133,19 @@ def run_flask(args: list[str], env_extra: dict[str, str], tmp_path: Path):
 def test_cli_check_passes_on_the_shipped_course(tmp_path: Path):
     result = run_flask(["lessons", "check"], {}, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "ok: 'Networking for career changers', 10 lessons" in result.stdout
+    assert ("ok: networking-for-career-changers: 'Networking for career changers', 10 lessons"
+            in result.stdout)
 
 
 def test_cli_check_and_app_start_report_the_same_problem(course_dir: Path, tmp_path: Path):
     path = next(course_dir.glob("06-*.md"))
     path.write_text(path.read_text().replace("slug: ", "slug: Not A Slug ", 1))
-    check = run_flask(["lessons", "check"], {"LESSONS_DIR": str(course_dir)}, tmp_path)
+    check = run_flask(["lessons", "check"], {"LESSONS_DIR": str(course_dir.parent)}, tmp_path)
     assert check.returncode == 1
     line = f"{path}:2: slug"
     assert line in check.stderr
     assert "Traceback" not in check.stderr
-    start = run_flask(["routes"], {"LESSONS_DIR": str(course_dir)}, tmp_path)
+    start = run_flask(["routes"], {"LESSONS_DIR": str(course_dir.parent)}, tmp_path)
     assert start.returncode != 0
     assert line in start.stderr
     assert "Traceback" not in start.stderr

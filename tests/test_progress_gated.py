@@ -7,7 +7,6 @@ Wednesday at 09:00, and the longest wait ends on Saturday at 09:00.
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from flask import Flask
 from course import pipeline, tokens
 from course.extensions import db
 from course.models import Delivery, Status, Subscriber
+from tests.helpers import copy_shipped_course
 
 MON = datetime(2025, 3, 10, 9, 0, tzinfo=UTC)
 
@@ -33,12 +33,11 @@ WED_9, FRI_9, SAT_9 = at(12, 9), at(14, 9), at(15, 9)
 
 @pytest.fixture
 def gated(make_app: Any, tmp_path: Path) -> Flask:
-    lessons = tmp_path / "lessons"
-    shutil.copytree(Path(__file__).resolve().parent.parent / "lessons", lessons)
+    lessons = copy_shipped_course(tmp_path)
     course_file = lessons / "course.yml"
     text = course_file.read_text().replace("cadence_days: 1\n", "cadence_days: 2\n")
     course_file.write_text(text + "progress_gated: true\nmax_wait_days: 5\n")
-    app: Flask = make_app(LESSONS_DIR=str(lessons))
+    app: Flask = make_app(LESSONS_DIR=str(lessons.parent))
     with app.app_context():
         db.session.add(Subscriber(email="ann@example.com", name="Ann", timezone="UTC",
                                   status=Status.ACTIVE, next_position=1, next_send_at=MON))

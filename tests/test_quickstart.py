@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow
 # Settings a developer's shell may carry that would point the copy somewhere else.
 CONFIG_VARS = (
     "DATABASE_URL", "REDIS_URL", "BASE_URL", "MAIL_BACKEND", "MAIL_FROM", "OUTBOX_DIR",
-    "SECRET_KEY", "MINICOURSE_ENV", "MINICOURSE_INSTANCE", "LESSONS_DIR", "PORT",
+    "SECRET_KEY", "MINICOURSE_ENV", "MINICOURSE_INSTANCE", "LESSONS_DIR", "COURSE", "PORT",
     "RATELIMIT_STORAGE_URI", "RATELIMIT_ENABLED", "SIGNUP_RATE_LIMIT", "FLASK_APP",
     "FLASK_DEBUG", "SENDGRID_API_KEY", "SMTP_HOST",
 )

@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from email import policy
@@ -43,13 +42,13 @@ from werkzeug.routing import Rule
 from course import queue, tokens
 from course import sendgrid_events as sg
 from course.admin_accounts import create_admin
-from course.config import ROOT
 from course.content import current_course
 from course.extensions import db
 from course.mail import Recipient, Template, personalize
 from course.mail.outbox import OutboxBackend
 from course.models import Delivery, DeliveryStatus, Status, Subscriber
 from course.timeutil import utcnow
+from tests.helpers import copy_shipped_course
 
 ADMIN, PASSWORD = "owner@example.com", "a long and secret passphrase"
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
@@ -412,12 +411,11 @@ LINKS = ["https://example.org/guide?a=1&b=2", "https://example.net/x", "http://e
 @pytest.fixture
 def linked_app(make_app: Any, tmp_path: Path) -> Flask:
     """The shipped course, with links added to lesson 1."""
-    lessons = tmp_path / "lessons"
-    shutil.copytree(ROOT / "lessons", lessons)
+    lessons = copy_shipped_course(tmp_path)
     first = sorted(lessons.glob("01-*.md"))[0]
     first.write_text(first.read_text() + f"\n\nRead [the guide]({LINKS[0]}), <{LINKS[1]}> "
                      f"and [this]({LINKS[2]}).\n")
-    return make_app(LESSONS_DIR=str(lessons))
+    return make_app(LESSONS_DIR=str(lessons.parent))
 
 
 def test_click_redirects_only_to_the_urls_signed_into_the_email(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import email
 import random
-import shutil
 from collections.abc import Iterator
 from email import policy
 from pathlib import Path
@@ -23,7 +22,7 @@ from course.mail.outbox import OutboxBackend
 from course.mail.sendgrid import SendGridBackend
 from course.mail.smtp import SMTPBackend
 from tests.conftest import REDIS_URL
-from tests.helpers import add_subscriber
+from tests.helpers import SHIPPED_COURSE, add_subscriber, copy_shipped_course
 from tests.sendgrid_server import SendGridServer
 from tests.test_lessons import run_flask
 from tests.test_smtp_backend import Recorder, free_port
@@ -49,8 +48,7 @@ def plain_app(tmp_path: Path) -> Flask:
 
 @pytest.fixture(autouse=True)
 def lessons(tmp_path: Path) -> Path:
-    folder = tmp_path / "lessons"
-    shutil.copytree(ROOT / "lessons", folder)
+    folder = copy_shipped_course(tmp_path)
     return folder
 
 
@@ -212,7 +210,7 @@ def test_a_lesson_of_100_links_fits_in_a_small_personalization(plain_app, lesson
 
 def test_a_lesson_of_100_links_is_sent_and_each_link_leads_to_its_target(make_app, lessons, sg):
     urls = hundred_links(lessons)
-    app = make_app(LESSONS_DIR=str(lessons), MAIL_BACKEND="sendgrid", SENDGRID_API_KEY=KEY,
+    app = make_app(LESSONS_DIR=str(lessons.parent), MAIL_BACKEND="sendgrid", SENDGRID_API_KEY=KEY,
                    SENDGRID_API_HOST=sg.url, TRACKING_FAST_PATH=False)
     with app.app_context():
         add_subscriber("ann@example.com", name="Ann")
@@ -252,7 +250,7 @@ def test_lessons_check_fails_a_lesson_too_big_for_one_personalization(tmp_path):
     assert result.returncode == 1
     problems = [line for line in result.stderr.splitlines() if "bytes of substitutions" in line]
     assert len(problems) == 10 and "SendGrid takes at most 10,000" in problems[0]
-    assert problems[0].startswith(str(ROOT / "lessons" / "01-"))
+    assert problems[0].startswith(str(SHIPPED_COURSE / "01-"))
 
 
 def test_the_size_is_measured_as_sendgrid_does_in_utf8_bytes_of_keys_and_values():
