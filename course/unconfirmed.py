@@ -84,7 +84,8 @@ def sweep_stale_sending(now: datetime) -> int:
         send_requests.prune(now)
         db.session.commit()
         return 0
-    since = min(claimed for _, claimed in stale)
+    # claimed_at < cutoff above: never NULL here.
+    since = min(claimed for _, claimed in stale if claimed is not None)
     written = send_requests.written_requests((i for i, _ in stale), since)
     by_request: dict[int, list[int]] = {}
     for delivery_id, request_id in written.items():

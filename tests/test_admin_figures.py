@@ -285,6 +285,9 @@ def test_the_lessons_page_shows_the_loss_figures_and_their_legend(make_app):
     seed_losses(app)
     admin = signed_in(app)
     page = get(admin, "/admin/lessons")
+    # The tables are in the page once, in its body, never in its <title>.
+    assert "<title>Lessons · Minicourse admin</title>" in page
+    assert page.count('id="loss-title"') == 1
     names = ("not-reached", "dropped-before", "stalled", "unsubscribed", "left-otherwise")
     for position, expected in EXPECTED_7_DAYS.items():
         assert tuple(int(cell(page, f"loss-{position}", n)) for n in names) == expected
