@@ -203,6 +203,8 @@ class _ChaosHandler(_Handler):
                 sg.chaos(**data)
             elif self.path == "/_chaos/fail":
                 sg.fail_next(**data)
+            elif self.path == "/_chaos/drop":
+                sg.drop_next(**data)
             elif self.path == "/_chaos/events" and sg.poster is None:
                 sg.poster = EventPoster(sg.take_events, data["url"], data["key"],
                                         seed=data.get("seed")).start()
@@ -243,6 +245,9 @@ class ServerProcess:
 
     def fail_next(self, **settings: Any) -> None:
         self._call("/_chaos/fail", settings)
+
+    def drop_next(self, **settings: Any) -> None:
+        self._call("/_chaos/drop", settings)
 
     def post_events(self, url: str, key: str, seed: int) -> None:
         self._call("/_chaos/events", {"url": url, "key": key, "seed": seed})
@@ -419,6 +424,10 @@ def run_chaos(make_app: Callable[..., Flask], settings: ChaosSettings, workdir: 
                              stale_seconds=settings.stale_seconds)
         seed_subscribers(app, settings.subscribers)
         server.chaos(**_faults(settings, seed))
+        # The random faults may miss a kind in a short run: the first requests meet one
+        # drop of each kind for certain (before the body, after reading it, after accepting).
+        for before_body, accepted in ((True, False), (False, False), (False, True)):
+            server.drop_next(accepted=accepted, before_body=before_body)
         (workdir / "instance").mkdir(parents=True, exist_ok=True)
         workers = Workers(worker_env(app, settings, workdir), workdir, settings.workers)
         _drive(app, settings, server, workers, rng, report, say)

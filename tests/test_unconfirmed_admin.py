@@ -137,7 +137,7 @@ def test_production_refuses_a_stale_window_a_live_send_job_could_outlast(tmp_pat
 
     from course.config import ConfigError, load
 
-    env = {"MINICOURSE_ENV": "production", "SECRET_KEY": "x" * 40,
+    env = {"MINICOURSE_ENV": "production", "SECRET_KEY": "kq3V9-zW1pX7mN0bR5tY8uC2eH6jL4aD",
            "BASE_URL": "https://course.example.org", "MAIL_FROM": "course@example.org",
            "MAIL_BACKEND": "smtp", "SMTP_HOST": "smtp.example.org"}
     assert load(env, tmp_path)["SEND_JOB_TIMEOUT"] == 600
